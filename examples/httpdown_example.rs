@@ -1,0 +1,113 @@
+//! The demo server: a slow handler and a graceful shutdown on SIGTERM or SIGINT.
+//!
+//! ```text
+//! cargo run --example httpdown_example -- --addr 127.0.0.1:8080 --stop-timeout 10s --kill-timeout 1s
+//! curl 'http://127.0.0.1:8080/?duration=20s'   # in a second terminal
+//! kill -TERM <pid>                              # in a third: the request still completes
+//! ```
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Query;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use clap::Parser;
+use futures_util::{stream, StreamExt};
+use httpdown::Shutdown;
+
+/// Serves a slow handler and shuts down gracefully on SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(name = "httpdown_example")]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Time from drain start until what is left is force-closed (e.g. 250ms, 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// Time after the stop deadline before giving up on what is left.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    kill_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let shutdown = Shutdown::builder()
+        .stop_timeout(args.stop_timeout)
+        .kill_timeout(args.kill_timeout)
+        .build();
+    // Before the start line: a signal sent as soon as the line is read is handled.
+    if let Err(e) = shutdown.trigger_on_signals() {
+        eprintln!("httpdown_example: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listener = match tokio::net::TcpListener::bind(args.addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("httpdown_example: failed to bind {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(args.addr);
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "serving on http://{addr}/ with pid {}", std::process::id());
+    let _ = stdout.flush();
+
+    let app = Router::new().fallback(sleep);
+    match httpdown::serve(listener, app, &shutdown).await {
+        Ok(report) => {
+            eprintln!("{report}");
+            if report.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("httpdown_example: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET /?duration=D`: writes `going to sleep D with pid PID`, flushes, sleeps D, then
+/// writes `slept D with pid PID`.
+async fn sleep(Query(query): Query<HashMap<String, String>>) -> Response {
+    let raw = query.get("duration").cloned().unwrap_or_default();
+    let duration = match humantime::parse_duration(&raw) {
+        Ok(duration) => duration,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("invalid duration {raw:?}: {e}\n"))
+                .into_response()
+        }
+    };
+    let pid = std::process::id();
+    let first = Bytes::from(format!("going to sleep {raw} with pid {pid}\n"));
+    let last = Bytes::from(format!("slept {raw} with pid {pid}\n"));
+    let body = stream::once(async move { Ok::<_, Infallible>(first) }).chain(stream::once(
+        async move {
+            if !duration.is_zero() {
+                tokio::time::sleep(duration).await;
+            }
+            Ok(last)
+        },
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response()
+}

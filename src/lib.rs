@@ -1,0 +1,84 @@
+//! Graceful shutdown for HTTP servers built on tokio, hyper, tower and axum.
+//!
+//! `httpdown` stops accepting, lets in-flight work finish, closes idle connections at
+//! once, force-closes what is left at a **stop deadline**, and gives up waiting at a
+//! **kill deadline**, then tells you what happened in a [`Report`]. It is a Rust take on
+//! Go's `facebookgo/httpdown`.
+//!
+//! # Quick start (axum)
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use httpdown::Shutdown;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), httpdown::Error> {
+//! let shutdown = Shutdown::builder()
+//!     .stop_timeout(Duration::from_secs(10))
+//!     .kill_timeout(Duration::from_secs(1))
+//!     .build();
+//! shutdown.trigger_on_signals()?; // SIGTERM / SIGINT
+//!
+//! let app = Router::new().route("/", get(|| async { "hello" }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! let report = httpdown::serve(listener, app, &shutdown).await?;
+//! eprintln!("{report}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When a request counts
+//!
+//! [`GracefulLayer`] counts a request from `call` until its response **body** has ended
+//! or been dropped, so streaming responses keep the drain open. `poll_ready` does not
+//! count. A request that panics, or whose client goes away, stops counting when hyper
+//! drops its future or body. [`serve`] counts every request itself; adding the layer as
+//! well counts each request once.
+//!
+//! # The lifecycle
+//!
+//! 1. **Trigger**: [`Shutdown::trigger`], or a signal with
+//!    [`Shutdown::trigger_on_signals`]. Sticky and idempotent.
+//! 2. **Drain delay** (default zero): still serving, but [`Shutdown::phase`] reads
+//!    [`Phase::Draining`].
+//! 3. **Drain start**: listeners close, idle connections close, busy HTTP/1 connections
+//!    close after the current response (with `Connection: close`), HTTP/2 gets GOAWAY.
+//!    The stop timer starts.
+//! 4. **Stop deadline** (`stop_timeout`, default 60 s): responses still running are cut
+//!    (the client sees an error, never a body that looks complete) and connection tasks
+//!    are dropped, closing their sockets. The kill timer starts.
+//! 5. **Kill deadline** (`kill_timeout`, default 60 s after the stop deadline): stop
+//!    waiting for tasks that ignore cancellation (a handler blocking its thread) and
+//!    report how many were left.
+//! 6. **Done** the moment nothing is left: completion is event-driven, never a polling
+//!    tick.
+//!
+//! [`Timeout::Never`] waits forever at a step; `Duration::ZERO` moves on at once.
+//!
+//! # With plain `axum::serve`
+//!
+//! The layer alone still bounds a shutdown: hand [`Shutdown::drain_started`] to
+//! `with_graceful_shutdown`, and at the stop deadline the layer cuts whatever is still
+//! running, so one endless stream cannot hang axum's shutdown. What only [`serve`] does:
+//! refuse new connections the moment drain starts on every listener it owns, close
+//! connections that sent nothing, drop connection tasks at the stop deadline, and count
+//! connections.
+
+mod error;
+mod layer;
+mod report;
+mod serve;
+mod shutdown;
+mod signal;
+
+pub use error::Error;
+pub use layer::{Aborted, Drain, Graceful, GracefulLayer, ResponseBody, ResponseFuture};
+pub use report::{Outcome, Report};
+pub use serve::{
+    listen_and_serve, serve, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
+};
+pub use shutdown::{Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_TIMEOUT};
+
+/// A boxed error, the error type of [`ResponseBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

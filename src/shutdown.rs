@@ -1,0 +1,573 @@
+//! The [`Shutdown`] controller: configuration, phase, counts, and the lifecycle driver.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::report::{Outcome, Report};
+use crate::GracefulLayer;
+
+/// How long to wait at a step of the shutdown before moving on.
+///
+/// A [`Duration`] converts into [`Timeout::After`]; `Duration::ZERO` means "at once".
+/// [`Timeout::Never`] waits for as long as it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timeout {
+    /// Move on after this long (`Duration::ZERO`: at once).
+    After(Duration),
+    /// Never move on; wait until the work is done.
+    Never,
+}
+
+impl From<Duration> for Timeout {
+    fn from(duration: Duration) -> Self {
+        Timeout::After(duration)
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timeout::After(d) => write!(f, "{d:?}"),
+            Timeout::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Where a [`Shutdown`] is in its lifecycle.
+///
+/// The phases only move forward: `Running` → `Draining` → `Forcing` → `Done`
+/// (`Forcing` is skipped when everything finished before the stop deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Not triggered: serving normally.
+    Running,
+    /// Triggered. During the drain delay the listeners stay open and requests are served
+    /// normally; from drain start on the listeners are closed, every connection has been
+    /// told to finish, and the stop timer runs.
+    Draining,
+    /// The stop deadline passed: whatever was left has been force-closed and the kill timer
+    /// runs.
+    Forcing,
+    /// Shutdown finished; the [`Report`] is available.
+    Done,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Forcing => "forcing",
+            Phase::Done => "done",
+        })
+    }
+}
+
+/// What a second SIGTERM or SIGINT does while a shutdown is already under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SecondSignal {
+    /// Skip what is left of the drain delay and the stop timeout: force-close now. The kill
+    /// timeout still bounds the wait that follows.
+    #[default]
+    Escalate,
+    /// Log it and carry on with the shutdown already under way.
+    Ignore,
+}
+
+/// Builds a [`Shutdown`] with non-default timeouts.
+///
+/// ```
+/// use std::time::Duration;
+/// use httpdown::{Shutdown, Timeout};
+///
+/// let shutdown = Shutdown::builder()
+///     .stop_timeout(Duration::from_secs(10))
+///     .kill_timeout(Timeout::Never)
+///     .build();
+/// assert_eq!(shutdown.stop_timeout(), Timeout::After(Duration::from_secs(10)));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    stop_timeout: Timeout,
+    kill_timeout: Timeout,
+    drain_delay: Duration,
+    second_signal: SecondSignal,
+}
+
+/// Both timeouts default to 60 seconds, as in Go's `httpdown`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stop_timeout: Timeout::After(DEFAULT_TIMEOUT),
+            kill_timeout: Timeout::After(DEFAULT_TIMEOUT),
+            drain_delay: Duration::ZERO,
+            second_signal: SecondSignal::Escalate,
+        }
+    }
+}
+
+impl Builder {
+    /// How long in-flight work may run after drain start before what is left is
+    /// force-closed. Default 60 s; `Duration::ZERO` force-closes at drain start.
+    pub fn stop_timeout(mut self, timeout: impl Into<Timeout>) -> Self {
+        self.config.stop_timeout = timeout.into();
+        self
+    }
+
+    /// How long to wait after the stop deadline for force-closed tasks to finish before
+    /// giving up and reporting what is left. Default 60 s.
+    pub fn kill_timeout(mut self, timeout: impl Into<Timeout>) -> Self {
+        self.config.kill_timeout = timeout.into();
+        self
+    }
+
+    /// How long to keep accepting and serving normally after the trigger, while the phase
+    /// already reads [`Phase::Draining`] (so readiness checks fail and load balancers stop
+    /// sending traffic). Default zero. The stop timer starts after it.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.config.drain_delay = delay;
+        self
+    }
+
+    /// What a second SIGTERM/SIGINT does during the shutdown. Default
+    /// [`SecondSignal::Escalate`].
+    pub fn on_second_signal(mut self, action: SecondSignal) -> Self {
+        self.config.second_signal = action;
+        self
+    }
+
+    /// Builds the controller.
+    ///
+    /// If called inside a tokio runtime, that runtime is remembered so that
+    /// [`Shutdown::trigger`] works from any thread.
+    pub fn build(self) -> Shutdown {
+        Shutdown {
+            inner: Arc::new(Inner {
+                config: self.config,
+                triggered: CancellationToken::new(),
+                escalated: CancellationToken::new(),
+                drain: CancellationToken::new(),
+                force: CancellationToken::new(),
+                done: CancellationToken::new(),
+                requests: TaskTracker::new(),
+                connections: TaskTracker::new(),
+                tasks: TaskTracker::new(),
+                driver_started: AtomicBool::new(false),
+                runtime: Handle::try_current().ok(),
+                times: Mutex::new(Times::default()),
+                report: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+/// Coordinates the graceful shutdown of one or more servers.
+///
+/// A `Shutdown` is a cheap handle (an [`Arc`]): clone it into signal handlers, servers and
+/// layers. It holds the configuration, counts in-flight requests (through
+/// [`GracefulLayer`]) and connections (through [`serve`](crate::serve())), and runs the
+/// lifecycle once triggered:
+///
+/// 1. **Trigger** ([`trigger`](Self::trigger), a signal). Sticky and idempotent.
+/// 2. **Drain delay** (default zero): still accepting, phase [`Phase::Draining`].
+/// 3. **Drain start**: listeners close, idle connections close at once, busy ones close
+///    after their current response, HTTP/2 gets GOAWAY. The stop timer starts.
+/// 4. **Stop deadline**: in-flight responses are cut (the client sees an error, never a
+///    body that looks complete) and connection tasks are dropped. The kill timer starts.
+/// 5. **Kill deadline**: stop waiting for tasks that ignore cancellation; report them.
+/// 6. **Done** the moment nothing is left, never on a polling tick.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use httpdown::{Outcome, Phase, Shutdown};
+///
+/// let shutdown = Shutdown::new();
+/// assert_eq!(shutdown.phase(), Phase::Running);
+/// shutdown.trigger();
+/// let report = shutdown.wait().await;
+/// assert_eq!(report.outcome(), Outcome::Drained);
+/// assert_eq!(shutdown.phase(), Phase::Done);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Shutdown {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: Config,
+    /// Cancelled by the first trigger.
+    triggered: CancellationToken,
+    /// Cancelled to skip straight to the force-close step (second signal).
+    escalated: CancellationToken,
+    /// Cancelled at drain start (after the drain delay).
+    pub(crate) drain: CancellationToken,
+    /// Cancelled at the stop deadline: request-level cancellation and connection abort.
+    pub(crate) force: CancellationToken,
+    /// Cancelled once the report is set.
+    done: CancellationToken,
+    /// One token per in-flight request (from `call` until the body ends or drops).
+    pub(crate) requests: TaskTracker,
+    /// One task per accepted connection.
+    pub(crate) connections: TaskTracker,
+    /// Tasks spawned on behalf of connections (HTTP/2 streams).
+    pub(crate) tasks: TaskTracker,
+    driver_started: AtomicBool,
+    runtime: Option<Handle>,
+    times: Mutex<Times>,
+    report: OnceLock<Report>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Times {
+    triggered: Option<Instant>,
+    drain: Option<Instant>,
+    force: Option<Instant>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+impl Shutdown {
+    /// A controller with the default configuration: stop and kill timeouts of 60 s each,
+    /// no drain delay.
+    pub fn new() -> Self {
+        Builder {
+            config: Config::default(),
+        }
+        .build()
+    }
+
+    /// A builder for a controller with other timeouts.
+    pub fn builder() -> Builder {
+        Builder {
+            config: Config::default(),
+        }
+    }
+
+    /// A [`GracefulLayer`] that counts requests for this controller.
+    pub fn layer(&self) -> GracefulLayer {
+        GracefulLayer::from_shutdown(self.clone())
+    }
+
+    /// The stop timeout (drain start to stop deadline).
+    pub fn stop_timeout(&self) -> Timeout {
+        self.inner.config.stop_timeout
+    }
+
+    /// The kill timeout (stop deadline to kill deadline).
+    pub fn kill_timeout(&self) -> Timeout {
+        self.inner.config.kill_timeout
+    }
+
+    /// The drain delay (trigger to drain start).
+    pub fn drain_delay(&self) -> Duration {
+        self.inner.config.drain_delay
+    }
+
+    /// What a second signal does.
+    pub fn second_signal(&self) -> SecondSignal {
+        self.inner.config.second_signal
+    }
+
+    /// Starts the shutdown. Sticky and idempotent: later calls join the shutdown under
+    /// way; they never restart a timer.
+    ///
+    /// The lifecycle runs on a task of the tokio runtime that is current here, or else
+    /// the one current when the controller was built; if there is neither, it starts
+    /// when one of the async methods ([`wait`](Self::wait), ...) is first polled.
+    pub fn trigger(&self) {
+        if !self.inner.triggered.is_cancelled() {
+            tracing::info!(
+                stop_timeout = %self.inner.config.stop_timeout,
+                kill_timeout = %self.inner.config.kill_timeout,
+                drain_delay = ?self.inner.config.drain_delay,
+                "shutdown triggered"
+            );
+        }
+        self.inner.triggered.cancel();
+        self.inner.start_driver();
+    }
+
+    /// Triggers the shutdown if it has not been, and skips straight to the force-close
+    /// step: what is left of the drain delay and of the stop timeout is not waited for.
+    /// The kill timeout still bounds the wait that follows.
+    pub fn force(&self) {
+        self.inner.escalated.cancel();
+        self.trigger();
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.inner.phase()
+    }
+
+    /// Whether the shutdown has been triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.is_cancelled()
+    }
+
+    /// Whether drain start has passed (listeners closed, connections told to finish).
+    pub fn is_drain_started(&self) -> bool {
+        self.inner.drain.is_cancelled()
+    }
+
+    /// Requests counted by a [`GracefulLayer`] of this controller that have not finished
+    /// (their response body has not ended or been dropped).
+    pub fn in_flight(&self) -> usize {
+        self.inner.requests.len()
+    }
+
+    /// Connections accepted by [`serve`](crate::serve()) that are still open.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.len()
+    }
+
+    /// The report, once the shutdown is done.
+    pub fn report(&self) -> Option<Report> {
+        self.inner.report.get().copied()
+    }
+
+    /// Resolves when the shutdown is triggered.
+    ///
+    /// # Cancel safety
+    /// All the phase futures are cancel safe and can be awaited any number of times.
+    pub fn triggered(&self) -> impl Future<Output = ()> + Send + 'static {
+        let token = self.inner.triggered.clone();
+        async move { token.cancelled().await }
+    }
+
+    /// Resolves at drain start: after the trigger and the drain delay, when listeners close.
+    ///
+    /// This is the future to hand to `axum::serve(..).with_graceful_shutdown(..)`.
+    pub fn drain_started(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.phase_future(self.inner.drain.clone())
+    }
+
+    /// Resolves at the stop deadline, when what is left is force-closed.
+    ///
+    /// It never resolves if everything finished before the stop deadline.
+    pub fn stop_deadline(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.phase_future(self.inner.force.clone())
+    }
+
+    /// Waits until the shutdown is triggered and done, and returns its report.
+    pub fn wait(&self) -> impl Future<Output = Report> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner.triggered.cancelled().await;
+            inner.start_driver();
+            inner.done.cancelled().await;
+            *inner
+                .report
+                .get()
+                .expect("the report is set before done is signalled")
+        }
+    }
+
+    /// Triggers the shutdown and waits for its report: Go's `Stop`.
+    pub fn shutdown(&self) -> impl Future<Output = Report> + Send + 'static {
+        self.trigger();
+        self.wait()
+    }
+
+    /// Whether two handles control the same shutdown.
+    pub fn ptr_eq(&self, other: &Shutdown) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    fn phase_future(&self, token: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner.triggered.cancelled().await;
+            inner.start_driver();
+            token.cancelled().await
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn phase(&self) -> Phase {
+        if self.done.is_cancelled() {
+            Phase::Done
+        } else if self.force.is_cancelled() {
+            Phase::Forcing
+        } else if self.triggered.is_cancelled() {
+            Phase::Draining
+        } else {
+            Phase::Running
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.is_cancelled()
+    }
+
+    fn start_driver(self: &Arc<Self>) {
+        if !self.triggered.is_cancelled() {
+            return;
+        }
+        // `swap` makes exactly one caller the one that spawns; AcqRel pairs the winner's
+        // store with a loser's read so a failed spawn (no runtime) can be retried later.
+        if self.driver_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+            Some(handle) => {
+                handle.spawn(Arc::clone(self).drive());
+            }
+            None => self.driver_started.store(false, Ordering::Release),
+        }
+    }
+
+    /// Resolves once every connection, connection task and request has finished.
+    async fn all_finished(&self) {
+        self.connections.wait().await;
+        self.tasks.wait().await;
+        self.requests.wait().await;
+    }
+
+    fn left(&self) -> (usize, usize) {
+        (
+            self.connections.len() + self.tasks.len(),
+            self.requests.len(),
+        )
+    }
+
+    fn mark(&self, f: impl FnOnce(&mut Times)) -> Times {
+        let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut times);
+        *times
+    }
+
+    /// The lifecycle, from trigger to report. Runs on its own task, once.
+    async fn drive(self: Arc<Self>) {
+        let triggered_at = Instant::now();
+        self.mark(|t| t.triggered = Some(triggered_at));
+
+        let delay = self.config.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "drain delay: still serving, readiness failing");
+            tokio::select! {
+                biased;
+                _ = self.escalated.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+
+        let drain_at = Instant::now();
+        self.mark(|t| t.drain = Some(drain_at));
+        let (connections_at_drain, requests_at_drain) = self.left();
+        self.connections.close();
+        self.tasks.close();
+        self.requests.close();
+        self.drain.cancel();
+        tracing::info!(
+            connections = connections_at_drain,
+            requests = requests_at_drain,
+            stop_timeout = %self.config.stop_timeout,
+            "drain started: listeners closed, connections told to finish"
+        );
+
+        let finished = self.all_finished();
+        tokio::pin!(finished);
+        let stop = deadline_sleep(drain_at, self.config.stop_timeout);
+        let drained = tokio::select! {
+            biased;
+            _ = &mut finished => true,
+            _ = self.escalated.cancelled() => false,
+            _ = stop => false,
+        };
+
+        let outcome = if drained {
+            Outcome::Drained
+        } else {
+            let force_at = Instant::now();
+            self.mark(|t| t.force = Some(force_at));
+            let (connections, requests) = self.left();
+            tracing::warn!(
+                connections,
+                requests,
+                kill_timeout = %self.config.kill_timeout,
+                "stop deadline: force-closing what is left"
+            );
+            self.force.cancel();
+            let kill = deadline_sleep(force_at, self.config.kill_timeout);
+            tokio::select! {
+                biased;
+                _ = &mut finished => Outcome::Forced { connections, requests },
+                _ = kill => {
+                    let (connections, requests) = self.left();
+                    tracing::error!(connections, requests, "kill deadline: giving up on what is left");
+                    Outcome::GaveUp { connections, requests }
+                }
+            }
+        };
+
+        let times = self.mark(|_| {});
+        let report = Report::new(
+            outcome,
+            triggered_at,
+            drain_at,
+            times.force,
+            Instant::now(),
+            connections_at_drain,
+            requests_at_drain,
+        );
+        tracing::info!(outcome = ?report.outcome(), total = ?report.total(), "shutdown done");
+        // The report is set before `done` is cancelled: `wait` relies on it.
+        let _ = self.report.set(report);
+        self.done.cancel();
+    }
+}
+
+/// Sleeps until `start + timeout`, or forever for [`Timeout::Never`].
+async fn deadline_sleep(start: Instant, timeout: Timeout) {
+    match timeout {
+        Timeout::After(d) => match start.checked_add(d) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        },
+        Timeout::Never => std::future::pending().await,
+    }
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        let mut d = f.debug_struct("Shutdown");
+        d.field("phase", &inner.phase())
+            .field("in_flight", &inner.requests.len())
+            .field("connections", &inner.connections.len())
+            .field("tasks", &inner.tasks.len())
+            .field("stop_timeout", &inner.config.stop_timeout)
+            .field("kill_timeout", &inner.config.kill_timeout)
+            .field("drain_delay", &inner.config.drain_delay);
+        if let Some(report) = inner.report.get() {
+            d.field("report", report);
+        }
+        d.finish()
+    }
+}
