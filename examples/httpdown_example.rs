@@ -44,8 +44,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -67,7 +66,11 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.addr);
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "serving on http://{addr}/ with pid {}", std::process::id());
+    let _ = writeln!(
+        stdout,
+        "serving on http://{addr}/ with pid {}",
+        std::process::id()
+    );
     let _ = stdout.flush();
 
     let app = Router::new().fallback(sleep);
@@ -94,20 +97,26 @@ async fn sleep(Query(query): Query<HashMap<String, String>>) -> Response {
     let duration = match humantime::parse_duration(&raw) {
         Ok(duration) => duration,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("invalid duration {raw:?}: {e}\n"))
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid duration {raw:?}: {e}\n"),
+            )
                 .into_response()
         }
     };
     let pid = std::process::id();
     let first = Bytes::from(format!("going to sleep {raw} with pid {pid}\n"));
     let last = Bytes::from(format!("slept {raw} with pid {pid}\n"));
-    let body = stream::once(async move { Ok::<_, Infallible>(first) }).chain(stream::once(
-        async move {
+    let body =
+        stream::once(async move { Ok::<_, Infallible>(first) }).chain(stream::once(async move {
             if !duration.is_zero() {
                 tokio::time::sleep(duration).await;
             }
             Ok(last)
-        },
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response()
+        }));
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

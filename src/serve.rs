@@ -153,10 +153,12 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     shutdown.trigger_on_signals()?;
     if let Ok(local) = listener.local_addr() {
         tracing::info!(addr = %local, "serving");

@@ -571,3 +571,254 @@ impl fmt::Debug for Shutdown {
         d.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Graceful;
+    use std::convert::Infallible;
+    use tower::{service_fn, Service, ServiceExt};
+
+    /// Lets every task that is ready at this instant run, without moving the clock.
+    async fn settle() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A request that never finishes on its own: its counted future is held, not polled.
+    async fn stuck_request(shutdown: &Shutdown) -> impl Send {
+        let mut svc = Graceful::new(
+            service_fn(|_req: http::Request<()>| async {
+                std::future::pending::<Result<http::Response<String>, Infallible>>().await
+            }),
+            shutdown.clone(),
+        );
+        svc.ready().await.unwrap().call(http::Request::new(()))
+    }
+
+    #[test]
+    fn defaults_are_sixty_seconds_each() {
+        let shutdown = Shutdown::new();
+        assert_eq!(
+            shutdown.stop_timeout(),
+            Timeout::After(Duration::from_secs(60))
+        );
+        assert_eq!(
+            shutdown.kill_timeout(),
+            Timeout::After(Duration::from_secs(60))
+        );
+        assert_eq!(shutdown.drain_delay(), Duration::ZERO);
+        assert_eq!(shutdown.second_signal(), SecondSignal::Escalate);
+        assert_eq!(shutdown.phase(), Phase::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_traffic_returns_at_once() {
+        let shutdown = Shutdown::new();
+        let start = Instant::now();
+        let report = shutdown.shutdown().await;
+        assert_eq!(report.outcome(), Outcome::Drained);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(report.total(), Duration::ZERO);
+        assert_eq!(shutdown.phase(), Phase::Done);
+        assert_eq!(shutdown.report(), Some(report));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_stop_timeout_forces_at_drain_start() {
+        let shutdown = Shutdown::builder().stop_timeout(Duration::ZERO).build();
+        let held = stuck_request(&shutdown).await;
+        let start = Instant::now();
+        shutdown.trigger();
+        settle().await;
+        assert_eq!(shutdown.phase(), Phase::Forcing);
+        drop(held);
+        let report = shutdown.wait().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(
+            report.outcome(),
+            Outcome::Forced {
+                connections: 0,
+                requests: 1
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_waits_forever_for_work() {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Timeout::Never)
+            .kill_timeout(Timeout::Never)
+            .build();
+        let held = stuck_request(&shutdown).await;
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+        assert_eq!(shutdown.phase(), Phase::Draining);
+        assert_eq!(shutdown.in_flight(), 1);
+        drop(held);
+        let report = shutdown.wait().await;
+        assert_eq!(report.outcome(), Outcome::Drained);
+        assert_eq!(report.drain(), Duration::from_secs(365 * 24 * 3600));
+    }
+
+    /// B09: the stop timer starts at drain start, the kill timer at the stop deadline;
+    /// B08: at the kill deadline the wait ends and the report says what was left.
+    #[tokio::test(start_paused = true)]
+    async fn stop_timer_starts_at_drain_start_and_kill_timer_at_stop_deadline() {
+        let ms = Duration::from_millis;
+        let shutdown = Shutdown::builder()
+            .drain_delay(ms(5_000))
+            .stop_timeout(ms(10_000))
+            .kill_timeout(ms(3_000))
+            .build();
+        let _held = stuck_request(&shutdown).await;
+        let t0 = Instant::now();
+        shutdown.trigger();
+        settle().await;
+        assert_eq!(shutdown.phase(), Phase::Draining);
+
+        tokio::time::sleep_until(t0 + ms(4_999)).await;
+        settle().await;
+        assert!(
+            !shutdown.is_drain_started(),
+            "drain started before the delay"
+        );
+        tokio::time::sleep_until(t0 + ms(5_000)).await;
+        settle().await;
+        assert!(
+            shutdown.is_drain_started(),
+            "drain not started at the end of the delay"
+        );
+
+        tokio::time::sleep_until(t0 + ms(14_999)).await;
+        settle().await;
+        assert_eq!(
+            shutdown.phase(),
+            Phase::Draining,
+            "forced before the stop deadline"
+        );
+        tokio::time::sleep_until(t0 + ms(15_000)).await;
+        settle().await;
+        assert_eq!(
+            shutdown.phase(),
+            Phase::Forcing,
+            "not forced at the stop deadline"
+        );
+
+        tokio::time::sleep_until(t0 + ms(17_999)).await;
+        settle().await;
+        assert_eq!(
+            shutdown.phase(),
+            Phase::Forcing,
+            "gave up before the kill deadline"
+        );
+        let report = shutdown.wait().await;
+        assert_eq!(Instant::now() - t0, ms(18_000));
+        assert_eq!(
+            report.outcome(),
+            Outcome::GaveUp {
+                connections: 0,
+                requests: 1
+            }
+        );
+        assert!(!report.is_complete());
+        assert_eq!(report.drain_delay(), ms(5_000));
+        assert_eq!(report.drain(), ms(10_000));
+        assert_eq!(report.force(), Some(ms(3_000)));
+        assert_eq!(report.total(), ms(18_000));
+        assert_eq!(report.requests_at_drain(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn done_as_soon_as_the_last_request_ends() {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(60))
+            .build();
+        let held = stuck_request(&shutdown).await;
+        let t0 = Instant::now();
+        shutdown.trigger();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1_234)).await;
+            drop(held);
+        });
+        let report = shutdown.wait().await;
+        release.await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(1_234));
+        assert_eq!(report.outcome(), Outcome::Drained);
+        assert_eq!(report.drain(), Duration::from_millis(1_234));
+    }
+
+    /// B10: double and concurrent triggers share one shutdown and one result, and never
+    /// restart a timer.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_triggers_share_one_shutdown() {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(2))
+            .kill_timeout(Duration::from_secs(1))
+            .build();
+        let held = stuck_request(&shutdown).await;
+        let t0 = Instant::now();
+        let waiters: Vec<_> = (0..8)
+            .map(|i| {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                    shutdown.shutdown().await
+                })
+            })
+            .collect();
+        let mut reports = Vec::new();
+        for waiter in waiters {
+            reports.push(waiter.await.unwrap());
+        }
+        drop(held);
+        assert!(reports.windows(2).all(|w| w[0] == w[1]));
+        // Triggered at t0 by the first waiter; the later triggers did not move the deadline.
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        shutdown.trigger();
+        assert_eq!(shutdown.wait().await, reports[0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_skips_the_drain_delay_and_stop_timeout() {
+        let shutdown = Shutdown::builder()
+            .drain_delay(Duration::from_secs(5))
+            .stop_timeout(Duration::from_secs(60))
+            .kill_timeout(Duration::from_secs(1))
+            .build();
+        let _held = stuck_request(&shutdown).await;
+        let t0 = Instant::now();
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.force();
+        let report = shutdown.wait().await;
+        assert_eq!(t0.elapsed(), Duration::from_millis(1_010));
+        assert_eq!(report.drain_delay(), Duration::from_millis(10));
+        assert!(matches!(
+            report.outcome(),
+            Outcome::GaveUp { requests: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn trigger_outside_a_runtime_starts_when_awaited() {
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        assert_eq!(shutdown.phase(), Phase::Draining);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let report = rt.block_on(shutdown.wait());
+        assert_eq!(report.outcome(), Outcome::Drained);
+    }
+
+    #[test]
+    fn debug_shows_live_state() {
+        let shutdown = Shutdown::new();
+        let text = format!("{shutdown:?}");
+        assert!(text.contains("phase: Running"), "{text}");
+        assert!(text.contains("in_flight: 0"), "{text}");
+    }
+}

@@ -31,8 +31,7 @@ pin_project! {
             #[pin]
             body: B,
             guard: Option<Guard>,
-            #[pin]
-            forced: Option<WaitForCancellationFutureOwned>,
+            forced: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         },
         PassThrough {
             #[pin]
@@ -101,7 +100,7 @@ where
             BodyProj::Counted {
                 mut body,
                 guard,
-                mut forced,
+                forced,
             } => {
                 let Some(token) = guard.as_ref().map(|g| g.inner.force.clone()) else {
                     // Already ended: no longer counted.
@@ -127,9 +126,9 @@ where
                         }
                         Poll::Pending => {
                             if forced.is_none() {
-                                forced.set(Some(token.cancelled_owned()));
+                                *forced = Some(Box::pin(token.cancelled_owned()));
                             }
-                            match forced.as_pin_mut().map(|wait| wait.poll(cx)) {
+                            match forced.as_mut().map(|wait| wait.as_mut().poll(cx)) {
                                 Some(Poll::Ready(())) => true,
                                 _ => return Poll::Pending,
                             }

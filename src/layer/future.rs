@@ -31,8 +31,7 @@ pin_project! {
             guard: Option<Guard>,
             // Registered only once the inner future has returned `Pending`, so a response
             // that is ready at once never touches the shared wait list.
-            #[pin]
-            forced: Option<WaitForCancellationFutureOwned>,
+            forced: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         },
         PassThrough {
             #[pin]
@@ -94,11 +93,13 @@ where
             KindProj::Counted {
                 future,
                 guard,
-                mut forced,
+                forced,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     let guard = guard.take();
-                    return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::counted(b, guard))));
+                    return Poll::Ready(
+                        result.map(|res| res.map(|b| ResponseBody::counted(b, guard))),
+                    );
                 }
                 let Some(token) = guard.as_ref().map(|g| &g.inner.force) else {
                     // Polled again after completion: nothing more to count.
@@ -106,10 +107,10 @@ where
                 };
                 if !token.is_cancelled() {
                     if forced.is_none() {
-                        forced.set(Some(token.clone().cancelled_owned()));
+                        *forced = Some(Box::pin(token.clone().cancelled_owned()));
                     }
-                    if let Some(wait) = forced.as_pin_mut() {
-                        ready!(wait.poll(cx));
+                    if let Some(wait) = forced.as_mut() {
+                        ready!(wait.as_mut().poll(cx));
                     }
                 }
                 Poll::Ready(Ok(unavailable(ResponseBody::aborted(guard.take()))))
