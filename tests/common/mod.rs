@@ -1,0 +1,180 @@
+//! Helpers shared by the integration tests: a test app, raw HTTP/1 clients, an in-memory
+//! listener for paused-time tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{stream, StreamExt};
+use httpdown::{Error, Listener, Report, Shutdown};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single wait in a real-socket test.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// The test app:
+/// - `/` answers `hello` (with a `Content-Length`);
+/// - `/slow?ms=N` streams `start\n`, waits N ms, then `end\n` (chunked);
+/// - `/wait` answers `done` once the test calls `release.notify_one()`;
+/// - `/stream` sends `tick\n` every 50 ms forever.
+pub fn app(release: Arc<Notify>) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/slow", get(slow))
+        .route(
+            "/wait",
+            get(|State(release): State<Arc<Notify>>| async move {
+                release.notified().await;
+                "done"
+            }),
+        )
+        .route("/stream", get(endless))
+        .with_state(release)
+}
+
+async fn slow(Query(q): Query<HashMap<String, u64>>) -> Body {
+    let ms = q.get("ms").copied().unwrap_or(0);
+    let first = stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"start\n")) });
+    let last = stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Bytes::from_static(b"end\n"))
+    });
+    Body::from_stream(first.chain(last))
+}
+
+async fn endless() -> Body {
+    let ticks = stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((Ok::<_, Infallible>(Bytes::from_static(b"tick\n")), ()))
+    });
+    Body::from_stream(ticks)
+}
+
+/// Binds 127.0.0.1:0 and serves `app` in a task.
+pub async fn start(
+    app: Router,
+    shutdown: &Shutdown,
+) -> (SocketAddr, JoinHandle<Result<Report, Error>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(httpdown::serve(listener, app, shutdown).into_future());
+    (addr, server)
+}
+
+/// Connects and sends `GET path` with keep-alive.
+pub async fn get_request(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    send_get(&mut stream, path).await;
+    stream
+}
+
+pub async fn send_get<S: AsyncWriteExt + Unpin>(stream: &mut S, path: &str) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+}
+
+/// Reads until `needle` has been seen; panics on EOF or after [`BOUND`].
+pub async fn read_until<S: AsyncReadExt + Unpin>(stream: &mut S, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "EOF before {needle:?}; got {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(BOUND, read)
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in time"));
+    String::from_utf8(seen).unwrap()
+}
+
+/// How a read loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Clean EOF.
+    Eof,
+    /// A read error (reset).
+    Error(io::ErrorKind),
+}
+
+/// Reads everything until EOF or an error; panics after [`BOUND`].
+pub async fn read_to_end<S: AsyncReadExt + Unpin>(stream: &mut S) -> (String, End) {
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return End::Eof,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => return End::Error(e.kind()),
+            }
+        }
+    };
+    let end = tokio::time::timeout(BOUND, read)
+        .await
+        .expect("connection not closed in time");
+    (String::from_utf8_lossy(&seen).into_owned(), end)
+}
+
+/// An in-memory listener: each `connect` hands the server one end of a duplex pipe, so
+/// tests can run the real `serve` on paused time.
+pub struct ChannelListener {
+    rx: mpsc::UnboundedReceiver<io::Result<DuplexStream>>,
+}
+
+#[derive(Clone)]
+pub struct Connector {
+    tx: mpsc::UnboundedSender<io::Result<DuplexStream>>,
+}
+
+pub fn channel_listener() -> (ChannelListener, Connector) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (ChannelListener { rx }, Connector { tx })
+}
+
+impl Connector {
+    pub fn connect(&self) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        self.tx.send(Ok(server)).expect("listener gone");
+        client
+    }
+
+    /// Makes the listener's next `accept` fail with `error`.
+    pub fn fail(&self, error: io::Error) {
+        self.tx.send(Err(error)).expect("listener gone");
+    }
+}
+
+impl Listener for ChannelListener {
+    type Io = DuplexStream;
+    type Addr = &'static str;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        match self.rx.recv().await {
+            Some(result) => result.map(|io| (io, "duplex")),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok("duplex")
+    }
+}

@@ -1,0 +1,365 @@
+//! `serve` over real sockets (and over in-memory pipes on paused time where a deadline
+//! is checked to the millisecond).
+
+mod common;
+
+use std::future::IntoFuture;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use httpdown::{Error, Outcome, Shutdown};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+fn shutdown(stop: Duration) -> Shutdown {
+    Shutdown::builder()
+        .stop_timeout(stop)
+        .kill_timeout(Duration::from_secs(1))
+        .build()
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    tokio::time::timeout(BOUND, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("condition not reached in time");
+}
+
+/// B03: an idle keep-alive connection is closed at drain start; shutdown does not wait.
+#[tokio::test]
+async fn idle_keep_alive_connection_closes_at_drain_start() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut idle = get_request(addr, "/").await;
+    read_until(&mut idle, "hello").await;
+    assert_eq!(shutdown.connections(), 1);
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut idle).await;
+    assert_eq!((rest.as_str(), end), ("", End::Eof));
+    let report = server.await.unwrap().unwrap();
+    eprintln!("idle connection: serve returned {:?} after the trigger", t0.elapsed());
+    assert_eq!(report.outcome(), Outcome::Drained);
+    assert_eq!(report.connections_at_drain(), 1);
+    assert!(report.total() < Duration::from_secs(5), "{report}");
+}
+
+/// B04: a streaming response in flight at drain start completes with its whole body, and
+/// shutdown ends right after it.
+#[tokio::test]
+async fn in_flight_streaming_response_completes_then_shutdown_ends() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = get_request(addr, "/slow?ms=300").await;
+    read_until(&mut client, "start\n").await;
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut client).await;
+    let last_byte = Instant::now();
+    assert!(rest.contains("end\n"), "{rest:?}");
+    assert!(rest.ends_with("0\r\n\r\n"), "no terminating chunk: {rest:?}");
+    assert_eq!(end, End::Eof);
+    let report = server.await.unwrap().unwrap();
+    eprintln!("last response byte to serve returning: {:?}", last_byte.elapsed());
+    assert_eq!(report.outcome(), Outcome::Drained);
+    assert_eq!(report.requests_at_drain(), 1);
+    assert!(report.drain() >= Duration::from_millis(250), "{report}");
+}
+
+/// B05: after drain start new connections are refused while responses keep streaming.
+#[tokio::test]
+async fn new_connections_are_refused_while_in_flight_responses_stream() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = get_request(addr, "/slow?ms=500").await;
+    read_until(&mut client, "start\n").await;
+    shutdown.trigger();
+    wait_for(|| shutdown.is_drain_started()).await;
+    // The accept loop drops the listener right after drain start.
+    let refused = tokio::time::timeout(BOUND, async {
+        loop {
+            match TcpStream::connect(addr).await {
+                Err(e) => return e.kind(),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    })
+    .await
+    .expect("connects still accepted");
+    assert_eq!(refused, io::ErrorKind::ConnectionRefused);
+    let (rest, _) = read_to_end(&mut client).await;
+    assert!(rest.contains("end\n") && rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+}
+
+/// B06: a response written during the drain carries `Connection: close` and the
+/// connection closes after it.
+#[tokio::test]
+async fn responses_during_the_drain_carry_connection_close() {
+    let release = Arc::new(Notify::new());
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(release.clone()), &shutdown).await;
+    let mut client = get_request(addr, "/wait").await;
+    wait_for(|| shutdown.in_flight() == 1).await;
+    shutdown.trigger();
+    wait_for(|| shutdown.is_drain_started()).await;
+    release.notify_one();
+    let (response, end) = read_to_end(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    assert!(response.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{response:?}");
+    assert!(response.ends_with("done"), "{response:?}");
+    assert_eq!(end, End::Eof);
+    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+}
+
+/// A keep-alive connection that is busy at drain start serves no further request: after
+/// the response it closes, even if the client tries to reuse it.
+#[tokio::test]
+async fn a_busy_connection_goes_idle_during_the_drain_and_closes() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = get_request(addr, "/slow?ms=200").await;
+    read_until(&mut client, "start\n").await;
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut client).await;
+    assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
+    assert_eq!(end, End::Eof);
+    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+}
+
+/// B07: at the stop deadline the connection is force-closed; the client sees the chunked
+/// body end without its terminating chunk.
+#[tokio::test]
+async fn stop_deadline_force_closes_and_the_client_sees_an_incomplete_body() {
+    let shutdown = shutdown(Duration::from_millis(300));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = get_request(addr, "/slow?ms=30000").await;
+    read_until(&mut client, "start\n").await;
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let (rest, _end) = read_to_end(&mut client).await;
+    let closed_after = t0.elapsed();
+    assert!(!rest.contains("end\n"), "{rest:?}");
+    assert!(!rest.contains("0\r\n\r\n"), "a cut body must not look complete: {rest:?}");
+    assert!(closed_after >= Duration::from_millis(300), "{closed_after:?}");
+    let report = server.await.unwrap().unwrap();
+    eprintln!("force-close: socket closed {closed_after:?} after the trigger (stop 300ms)");
+    assert_eq!(
+        report.outcome(),
+        Outcome::Forced {
+            connections: 1,
+            requests: 1
+        }
+    );
+    assert!(report.is_complete());
+}
+
+/// B07 and B09 over `serve`, on paused time: the force-close happens exactly at the stop
+/// deadline, counted from drain start.
+#[tokio::test(start_paused = true)]
+async fn force_close_happens_exactly_at_the_stop_deadline() {
+    let shutdown = Shutdown::builder()
+        .drain_delay(Duration::from_millis(700))
+        .stop_timeout(Duration::from_millis(1_500))
+        .kill_timeout(Duration::from_secs(1))
+        .build();
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
+    );
+    let mut client = connector.connect();
+    send_get(&mut client, "/slow?ms=60000").await;
+    read_until(&mut client, "start\n").await;
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut client).await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(2_200));
+    assert!(!rest.contains("0\r\n\r\n"), "{rest:?}");
+    assert_eq!(end, End::Eof);
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(report.total(), Duration::from_millis(2_200));
+    assert_eq!(report.drain(), Duration::from_millis(1_500));
+    assert_eq!(report.force(), Some(Duration::ZERO));
+}
+
+/// B20: a connection that sent nothing closes at drain start; one that sent half a
+/// request head is held no later than the stop deadline.
+#[tokio::test(start_paused = true)]
+async fn silent_and_half_sent_connections_never_hold_shutdown_past_the_stop_deadline() {
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_secs(5))
+        .kill_timeout(Duration::from_secs(1))
+        .build();
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(60))
+            .into_future(),
+    );
+    let mut silent = connector.connect();
+    let mut half = connector.connect();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(shutdown.connections(), 2);
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut silent).await;
+    assert_eq!((rest.as_str(), end), ("", End::Eof));
+    assert_eq!(t0.elapsed(), Duration::ZERO, "the silent connection closes at drain start");
+
+    let (rest, _) = read_to_end(&mut half).await;
+    assert!(!rest.contains("200 OK"), "{rest:?}");
+    assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(
+        report.outcome(),
+        Outcome::Forced {
+            connections: 1,
+            requests: 0
+        }
+    );
+}
+
+/// B20 over a real socket: a connection that sent nothing does not delay the shutdown.
+#[tokio::test]
+async fn a_silent_tcp_connection_closes_at_drain_start() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    wait_for(|| shutdown.connections() == 1).await;
+    shutdown.trigger();
+    let (rest, end) = read_to_end(&mut silent).await;
+    assert_eq!((rest.as_str(), end), ("", End::Eof));
+    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+}
+
+/// B11: a listener error is returned; connections already accepted are still served, and
+/// the shutdown still drains them.
+#[tokio::test]
+async fn a_listener_error_is_returned_and_shutdown_still_works() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
+    );
+    let mut client = connector.connect();
+    send_get(&mut client, "/slow?ms=200").await;
+    read_until(&mut client, "start\n").await;
+
+    // Errors about one connection are skipped...
+    connector.fail(io::Error::from(io::ErrorKind::ConnectionAborted));
+    let mut second = connector.connect();
+    send_get(&mut second, "/").await;
+    read_until(&mut second, "hello").await;
+    // ...others end `serve`.
+    connector.fail(io::Error::new(io::ErrorKind::Other, "listener broke"));
+    let err = server.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Accept(_)), "{err:?}");
+    assert_eq!(err.to_string(), "listener failed: listener broke");
+
+    assert_eq!(shutdown.in_flight(), 1);
+    let report = shutdown.shutdown().await;
+    let (rest, _) = read_to_end(&mut client).await;
+    assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
+    assert_eq!(report.outcome(), Outcome::Drained);
+    assert_eq!(report.connections_at_drain(), 2);
+}
+
+/// B28: a client that disconnects mid-request does not leak an in-flight count.
+#[tokio::test]
+async fn a_client_disconnecting_mid_request_releases_the_count() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = get_request(addr, "/slow?ms=60000").await;
+    read_until(&mut client, "start\n").await;
+    assert_eq!(shutdown.in_flight(), 1);
+    drop(client);
+    wait_for(|| shutdown.in_flight() == 0 && shutdown.connections() == 0).await;
+    let report = shutdown.shutdown().await;
+    assert_eq!(report.outcome(), Outcome::Drained);
+    server.await.unwrap().unwrap();
+}
+
+/// B34: serving after the shutdown finished, a bind failure and a bad option are clear
+/// errors.
+#[tokio::test]
+async fn misuse_is_a_clear_error() {
+    let shutdown = Shutdown::new();
+    shutdown.shutdown().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = httpdown::serve(listener, app(Arc::default()), &shutdown)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyShutDown));
+    assert_eq!(
+        err.to_string(),
+        "this shutdown has already finished: build a new Shutdown to serve again"
+    );
+
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = httpdown::listen_and_serve(addr.as_str(), app(Arc::default()), &Shutdown::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Bind { .. }), "{err:?}");
+    assert!(err.to_string().starts_with(&format!("failed to bind {addr}: ")), "{err}");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
+        .header_read_timeout(Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("header_read_timeout must be greater than zero"), "{err}");
+}
+
+/// A malformed request gets a 400 and the connection closes; nothing panics.
+#[tokio::test]
+async fn a_malformed_request_gets_400() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
+    let (response, _) = read_to_end(&mut client).await;
+    assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{response:?}");
+    assert_eq!(shutdown.shutdown().await.outcome(), Outcome::Drained);
+    server.await.unwrap().unwrap();
+}
+
+/// HTTP/2 (h2c, prior knowledge) on the same port: a stream in flight at drain start
+/// completes, then the connection closes.
+#[tokio::test]
+async fn h2c_stream_in_flight_completes_across_the_drain() {
+    use http_body_util::BodyExt;
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(app(Arc::default()), &shutdown).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{addr}/slow?ms=300"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "start\n");
+    shutdown.trigger();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "end\n");
+    // GOAWAY: the client connection ends without error.
+    tokio::time::timeout(BOUND, conn).await.unwrap().unwrap().unwrap();
+    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+}
