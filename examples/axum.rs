@@ -53,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn endless() -> Body {
     let ticks = stream::unfold(0u64, |n| async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        Some((Ok::<_, Infallible>(Bytes::from(format!("tick {n}\n"))), n + 1))
+        Some((
+            Ok::<_, Infallible>(Bytes::from(format!("tick {n}\n"))),
+            n + 1,
+        ))
     });
     Body::from_stream(ticks)
 }

@@ -65,6 +65,11 @@
 //! connections that sent nothing, drop connection tasks at the stop deadline, and count
 //! connections.
 
+// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod error;
 mod layer;
 mod report;

@@ -56,10 +56,12 @@ async fn requests_counted_before_the_end_are_always_waited_for() {
         let t0 = Instant::now();
         let mut tasks = Vec::new();
         for &(start, end) in &schedule {
-            let svc = shutdown.layer().layer(service_fn(move |_req: Request<()>| async move {
-                tokio::time::sleep_until(t0 + MS * end as u32).await;
-                Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from_static(b"x"))))
-            }));
+            let svc = shutdown
+                .layer()
+                .layer(service_fn(move |_req: Request<()>| async move {
+                    tokio::time::sleep_until(t0 + MS * end as u32).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from_static(b"x"))))
+                }));
             let shutdown_seen = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(t0 + MS * start as u32).await;

@@ -39,7 +39,10 @@ async fn the_layer_alone_ends_an_endless_stream_at_the_stop_deadline() {
     let (rest, end) = read_to_end(&mut idle).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
     let (rest, _) = read_to_end(&mut client).await;
-    assert!(!rest.contains("0\r\n\r\n"), "the cut stream looks complete: {rest:?}");
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "the cut stream looks complete: {rest:?}"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(400));
     tokio::time::timeout(BOUND, server)
         .await
@@ -76,5 +79,9 @@ async fn the_layer_alone_waits_for_in_flight_requests() {
     let report = shutdown.wait().await;
     assert_eq!(report.outcome(), Outcome::Drained);
     assert!(report.drain() >= Duration::from_millis(250), "{report}");
-    tokio::time::timeout(BOUND, server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(BOUND, server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

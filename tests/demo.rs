@@ -30,7 +30,10 @@ fn demo_binary() -> &'static PathBuf {
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
         // target/<profile>/deps/demo-HASH -> target/<profile>/examples/httpdown_example
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target dir");
         let binary = profile_dir.join("examples").join("httpdown_example");
         if !binary.exists() {
             let status = std::process::Command::new(env!("CARGO"))
@@ -78,7 +81,11 @@ impl Demo {
         assert_eq!(tail, pid.to_string(), "start line pid: {line:?}");
         let addr: SocketAddr = addr.parse().expect("start line address");
         assert_eq!(addr.ip().to_string(), "127.0.0.1");
-        assert_ne!(addr.port(), 0, "the bound port is printed, not the requested one");
+        assert_ne!(
+            addr.port(),
+            0,
+            "the bound port is printed, not the requested one"
+        );
         Demo { child, addr, pid }
     }
 
@@ -146,13 +153,29 @@ async fn slow_request_across(signal: &str) {
     demo.signal(signal);
     let (rest, end) = read_to_end(&mut conn).await;
     let last_byte = Instant::now();
-    assert!(rest.contains(&format!("slept 1s with pid {pid}\n")), "{rest:?}");
-    assert!(rest.ends_with("0\r\n\r\n"), "complete chunked body: {rest:?}");
-    assert_eq!(end, End::Eof, "the connection closes cleanly after the response");
+    assert!(
+        rest.contains(&format!("slept 1s with pid {pid}\n")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "complete chunked body: {rest:?}"
+    );
+    assert_eq!(
+        end,
+        End::Eof,
+        "the connection closes cleanly after the response"
+    );
     let (status, stderr, exited) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
-    assert!(report_line(&stderr).starts_with("shutdown drained"), "{stderr}");
-    assert!(last_byte - signalled >= Duration::from_millis(500), "the request was waited for");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
+    assert!(
+        last_byte - signalled >= Duration::from_millis(500),
+        "the request was waited for"
+    );
     eprintln!(
         "measured ({signal}): last response byte -> process exit {:?}",
         exited.saturating_duration_since(last_byte)
@@ -179,14 +202,18 @@ async fn the_handler_writes_two_lines_and_rejects_bad_durations() {
     let text = read_until(&mut conn, "0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(
-        text.contains(&format!("going to sleep 0s with pid {pid}\n")) && text.contains(&format!("slept 0s with pid {pid}\n")),
+        text.contains(&format!("going to sleep 0s with pid {pid}\n"))
+            && text.contains(&format!("slept 0s with pid {pid}\n")),
         "{text}"
     );
 
     for path in ["/?duration=bogus", "/", "/?duration=-1s"] {
         let mut conn = demo.get(path).await;
         let text = read_until(&mut conn, "invalid duration").await;
-        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{path}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{path}: {text}"
+        );
     }
 
     // A malformed request gets a 400 from the server, not a crash.
@@ -223,7 +250,10 @@ async fn an_address_in_use_is_a_clear_error() {
     let output = run_to_exit(&["--addr", &addr]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("failed to bind {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("failed to bind {addr}")),
+        "{stderr}"
+    );
 }
 
 /// With a stop timeout (1m) far beyond the test's bound, an exit within the bound shows
@@ -233,7 +263,10 @@ async fn exits_without_waiting_for(demo: Demo, mut conn: TcpStream) {
     demo.signal("TERM");
     let (status, stderr, exited) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
-    assert!(report_line(&stderr).starts_with("shutdown drained"), "{stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
     let (_, end) = read_to_end(&mut conn).await;
     assert_eq!(end, End::Eof, "closed cleanly");
     eprintln!("measured: signal -> exit {:?}", exited - signalled);
@@ -260,17 +293,28 @@ async fn a_silent_connection_does_not_delay_exit() {
 async fn a_half_sent_head_never_holds_exit_past_the_stop_deadline() {
     let demo = Demo::start(&["--stop-timeout", "1s", "--kill-timeout", "1s"]).await;
     let mut conn = TcpStream::connect(demo.addr).await.unwrap();
-    conn.write_all(b"GET /?duration=0s HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    conn.write_all(b"GET /?duration=0s HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let signalled = Instant::now();
     demo.signal("TERM");
     let (status, stderr, exited) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
     let took = exited - signalled;
-    assert!(took < Duration::from_secs(5), "held past the stop deadline: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "held past the stop deadline: {took:?}"
+    );
     let (text, _) = read_to_end(&mut conn).await;
-    assert!(!text.contains("slept"), "the half request was never served: {text:?}");
-    eprintln!("measured: half head, signal -> exit {took:?} ({})", report_line(&stderr));
+    assert!(
+        !text.contains("slept"),
+        "the half request was never served: {text:?}"
+    );
+    eprintln!(
+        "measured: half head, signal -> exit {took:?} ({})",
+        report_line(&stderr)
+    );
 }
 
 #[tokio::test]
@@ -284,14 +328,26 @@ async fn a_long_request_is_cut_at_the_stop_deadline_with_an_incomplete_body() {
     let (rest, _) = read_to_end(&mut conn).await;
     let cut = Instant::now();
     assert!(!rest.contains("slept"), "{rest:?}");
-    assert!(!rest.contains("0\r\n\r\n"), "no terminating chunk on a cut body: {rest:?}");
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "no terminating chunk on a cut body: {rest:?}"
+    );
     let (status, stderr, exited) = demo.exit().await;
-    assert!(status.success(), "forced is a designed outcome: {status}: {stderr}");
+    assert!(
+        status.success(),
+        "forced is a designed outcome: {status}: {stderr}"
+    );
     let report = report_line(&stderr);
     assert!(report.starts_with("shutdown forced"), "{stderr}");
     let to_cut = cut - signalled;
-    assert!(to_cut >= Duration::from_millis(900), "cut before the stop deadline: {to_cut:?}");
-    assert!(to_cut < Duration::from_secs(5), "cut long after the stop deadline: {to_cut:?}");
+    assert!(
+        to_cut >= Duration::from_millis(900),
+        "cut before the stop deadline: {to_cut:?}"
+    );
+    assert!(
+        to_cut < Duration::from_secs(5),
+        "cut long after the stop deadline: {to_cut:?}"
+    );
     eprintln!(
         "measured: signal -> cut {to_cut:?} (stop timeout 1s), cut -> exit {:?}; {report}",
         exited.saturating_duration_since(cut)
@@ -318,7 +374,10 @@ async fn a_hundred_concurrent_slow_requests_all_complete() {
     for reader in readers {
         let (rest, end) = reader.await.unwrap();
         last_byte = Instant::now().max(last_byte);
-        assert!(rest.contains(&format!("slept 1s with pid {pid}\n")), "{rest:?}");
+        assert!(
+            rest.contains(&format!("slept 1s with pid {pid}\n")),
+            "{rest:?}"
+        );
         assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
         assert_eq!(end, End::Eof);
     }
@@ -347,9 +406,15 @@ async fn a_second_signal_escalates_without_crashing_or_outlasting_the_deadlines(
     assert!(!rest.contains("0\r\n\r\n"), "cut, not completed: {rest:?}");
     let (status, stderr, exited) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
-    assert!(report_line(&stderr).starts_with("shutdown forced"), "{stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown forced"),
+        "{stderr}"
+    );
     let took = exited - second;
-    assert!(took < Duration::from_secs(5), "second signal did not escalate: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "second signal did not escalate: {took:?}"
+    );
     eprintln!("measured: second signal -> exit {took:?}");
 }
 
@@ -383,5 +448,8 @@ async fn an_h2c_request_in_flight_completes() {
     assert_eq!(rest, format!("slept 1s with pid {pid}\n"));
     let (status, stderr, _) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
-    assert!(report_line(&stderr).starts_with("shutdown drained"), "{stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
 }

@@ -156,7 +156,7 @@ async fn a_panicking_handler_does_not_leak_the_count() {
         }));
     svc.ready().await.unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = svc.call(Request::new(()));
+        drop(svc.call(Request::new(())));
     }));
     assert!(result.is_err());
     assert_eq!(shutdown.in_flight(), 0);

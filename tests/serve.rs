@@ -46,7 +46,10 @@ async fn idle_keep_alive_connection_closes_at_drain_start() {
     let (rest, end) = read_to_end(&mut idle).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
     let report = server.await.unwrap().unwrap();
-    eprintln!("idle connection: serve returned {:?} after the trigger", t0.elapsed());
+    eprintln!(
+        "idle connection: serve returned {:?} after the trigger",
+        t0.elapsed()
+    );
     assert_eq!(report.outcome(), Outcome::Drained);
     assert_eq!(report.connections_at_drain(), 1);
     assert!(report.total() < Duration::from_secs(5), "{report}");
@@ -64,10 +67,16 @@ async fn in_flight_streaming_response_completes_then_shutdown_ends() {
     let (rest, end) = read_to_end(&mut client).await;
     let last_byte = Instant::now();
     assert!(rest.contains("end\n"), "{rest:?}");
-    assert!(rest.ends_with("0\r\n\r\n"), "no terminating chunk: {rest:?}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "no terminating chunk: {rest:?}"
+    );
     assert_eq!(end, End::Eof);
     let report = server.await.unwrap().unwrap();
-    eprintln!("last response byte to serve returning: {:?}", last_byte.elapsed());
+    eprintln!(
+        "last response byte to serve returning: {:?}",
+        last_byte.elapsed()
+    );
     assert_eq!(report.outcome(), Outcome::Drained);
     assert_eq!(report.requests_at_drain(), 1);
     assert!(report.drain() >= Duration::from_millis(250), "{report}");
@@ -95,7 +104,10 @@ async fn new_connections_are_refused_while_in_flight_responses_stream() {
     .expect("connects still accepted");
     assert_eq!(refused, io::ErrorKind::ConnectionRefused);
     let (rest, _) = read_to_end(&mut client).await;
-    assert!(rest.contains("end\n") && rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    assert!(
+        rest.contains("end\n") && rest.ends_with("0\r\n\r\n"),
+        "{rest:?}"
+    );
     assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
 }
 
@@ -113,7 +125,12 @@ async fn responses_during_the_drain_carry_connection_close() {
     release.notify_one();
     let (response, end) = read_to_end(&mut client).await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
-    assert!(response.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{response:?}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response:?}"
+    );
     assert!(response.ends_with("done"), "{response:?}");
     assert_eq!(end, End::Eof);
     assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
@@ -147,8 +164,14 @@ async fn stop_deadline_force_closes_and_the_client_sees_an_incomplete_body() {
     let (rest, _end) = read_to_end(&mut client).await;
     let closed_after = t0.elapsed();
     assert!(!rest.contains("end\n"), "{rest:?}");
-    assert!(!rest.contains("0\r\n\r\n"), "a cut body must not look complete: {rest:?}");
-    assert!(closed_after >= Duration::from_millis(300), "{closed_after:?}");
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "a cut body must not look complete: {rest:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(300),
+        "{closed_after:?}"
+    );
     let report = server.await.unwrap().unwrap();
     eprintln!("force-close: socket closed {closed_after:?} after the trigger (stop 300ms)");
     assert_eq!(
@@ -171,9 +194,8 @@ async fn force_close_happens_exactly_at_the_stop_deadline() {
         .kill_timeout(Duration::from_secs(1))
         .build();
     let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
-    );
+    let server =
+        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
     let mut client = connector.connect();
     send_get(&mut client, "/slow?ms=60000").await;
     read_until(&mut client, "start\n").await;
@@ -205,7 +227,9 @@ async fn silent_and_half_sent_connections_never_hold_shutdown_past_the_stop_dead
     );
     let mut silent = connector.connect();
     let mut half = connector.connect();
-    half.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n").await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(shutdown.connections(), 2);
 
@@ -213,7 +237,11 @@ async fn silent_and_half_sent_connections_never_hold_shutdown_past_the_stop_dead
     shutdown.trigger();
     let (rest, end) = read_to_end(&mut silent).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
-    assert_eq!(t0.elapsed(), Duration::ZERO, "the silent connection closes at drain start");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "the silent connection closes at drain start"
+    );
 
     let (rest, _) = read_to_end(&mut half).await;
     assert!(!rest.contains("200 OK"), "{rest:?}");
@@ -247,9 +275,8 @@ async fn a_silent_tcp_connection_closes_at_drain_start() {
 async fn a_listener_error_is_returned_and_shutdown_still_works() {
     let shutdown = shutdown(Duration::from_secs(30));
     let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
-    );
+    let server =
+        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
     let mut client = connector.connect();
     send_get(&mut client, "/slow?ms=200").await;
     read_until(&mut client, "start\n").await;
@@ -260,7 +287,7 @@ async fn a_listener_error_is_returned_and_shutdown_still_works() {
     send_get(&mut second, "/").await;
     read_until(&mut second, "hello").await;
     // ...others end `serve`.
-    connector.fail(io::Error::new(io::ErrorKind::Other, "listener broke"));
+    connector.fail(io::Error::other("listener broke"));
     let err = server.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Accept(_)), "{err:?}");
     assert_eq!(err.to_string(), "listener failed: listener broke");
@@ -310,14 +337,22 @@ async fn misuse_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Bind { .. }), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("failed to bind {addr}: ")), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("failed to bind {addr}: ")),
+        "{err}"
+    );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
         .header_read_timeout(Duration::ZERO)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("header_read_timeout must be greater than zero"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("header_read_timeout must be greater than zero"),
+        "{err}"
+    );
 }
 
 /// A malformed request gets a 400 and the connection closes; nothing panics.
@@ -328,7 +363,10 @@ async fn a_malformed_request_gets_400() {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
     let (response, _) = read_to_end(&mut client).await;
-    assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{response:?}");
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response:?}"
+    );
     assert_eq!(shutdown.shutdown().await.outcome(), Outcome::Drained);
     server.await.unwrap().unwrap();
 }
@@ -360,6 +398,10 @@ async fn h2c_stream_in_flight_completes_across_the_drain() {
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "end\n");
     // GOAWAY: the client connection ends without error.
-    tokio::time::timeout(BOUND, conn).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(BOUND, conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
 }

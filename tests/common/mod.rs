@@ -93,7 +93,11 @@ pub async fn read_until<S: AsyncReadExt + Unpin>(stream: &mut S, needle: &str) -
         let mut buf = [0u8; 4096];
         loop {
             let n = stream.read(&mut buf).await.expect("read");
-            assert!(n > 0, "EOF before {needle:?}; got {:?}", String::from_utf8_lossy(&seen));
+            assert!(
+                n > 0,
+                "EOF before {needle:?}; got {:?}",
+                String::from_utf8_lossy(&seen)
+            );
             seen.extend_from_slice(&buf[..n]);
             if String::from_utf8_lossy(&seen).contains(needle) {
                 return;
