@@ -405,3 +405,57 @@ async fn h2c_stream_in_flight_completes_across_the_drain() {
         .unwrap();
     assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
 }
+
+/// B08 over `serve`: a handler that blocks its thread ignores the force-close; at the kill
+/// deadline `serve` returns anyway and reports what was left. Real time: a blocked thread
+/// cannot run on paused time. The handler blocks for 3 s; shutdown gives up at 600 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_deadline_gives_up_on_a_handler_blocking_its_thread() {
+    use axum::routing::get;
+
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_millis(300))
+        .kill_timeout(Duration::from_millis(300))
+        .build();
+    let entered = Arc::new(Notify::new());
+    let app = axum::Router::new().route(
+        "/block",
+        get({
+            let entered = entered.clone();
+            move || async move {
+                entered.notify_one();
+                std::thread::sleep(Duration::from_secs(3));
+                "unblocked"
+            }
+        }),
+    );
+    let (addr, server) = start(app, &shutdown).await;
+    let _client = get_request(addr, "/block").await;
+    tokio::time::timeout(BOUND, entered.notified())
+        .await
+        .unwrap();
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let report = shutdown.wait().await;
+    let took = t0.elapsed();
+    eprintln!("blocked handler: gave up {took:?} after the trigger ({report})");
+    assert_eq!(
+        report.outcome(),
+        Outcome::GaveUp {
+            connections: 1,
+            requests: 1
+        },
+        "{report}"
+    );
+    assert!(!report.is_complete());
+    assert!(
+        took < Duration::from_secs(2),
+        "waited for the blocked handler: {took:?}"
+    );
+    assert!(
+        report.force().unwrap() >= Duration::from_millis(300),
+        "{report}"
+    );
+    drop(server);
+}
