@@ -70,6 +70,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod conn;
 mod error;
 mod layer;
 mod report;

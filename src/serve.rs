@@ -16,11 +16,38 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use crate::conn::{ConnIo, ConnState};
+use crate::shutdown::Inner;
 use crate::{BoxError, Error, Graceful, Report, Shutdown};
+
+/// When [`serve`] closes an idle HTTP/1 keep-alive connection during the drain.
+///
+/// HTTP/1 has no way to tell a client "no more requests on this connection" except in a
+/// response. A client may send a request on an idle keep-alive connection at the very
+/// moment the server closes it; that request is lost, and a client cannot safely retry a
+/// non-idempotent one. Requests whose bytes have already arrived are always served;
+/// these options also cover requests still on their way, at the price of keeping idle
+/// connections open a little longer. Every option ends by the stop deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IdleClose {
+    /// Close idle connections at drain start (the default).
+    #[default]
+    Immediately,
+    /// Close an idle connection only once it has been idle for at least this long
+    /// (nginx's `keepalive_min_timeout`): a client that just got a response and is about
+    /// to send the next request gets to send it, and it is served with
+    /// `Connection: close`.
+    MinIdleAge(Duration),
+    /// Keep idle connections open for up to this long, serve the next request on each
+    /// with `Connection: close`, then close (HAProxy's `idle-close-on-response`).
+    AfterNextRequest(Duration),
+}
 
 /// The header-read timeout [`serve`] uses unless told otherwise.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +72,26 @@ pub trait Listener: Send + 'static {
 
     /// The local address this listener is bound to.
     fn local_addr(&self) -> io::Result<Self::Addr>;
+
+    /// Whether bytes are waiting to be read on `io`, without reading them.
+    ///
+    /// [`serve`] asks this of an idle HTTP/1 connection at drain start: a request whose
+    /// bytes have already arrived is then served (with `Connection: close`) rather than
+    /// dropped unread, and a connection closed with unread input lingers briefly so the
+    /// client gets a clean close, not a reset. The default answers `false`, which closes
+    /// idle connections at once.
+    fn has_pending_input(io: &Self::Io) -> bool {
+        let _ = io;
+        false
+    }
+}
+
+/// Peeks at a socket without blocking: `true` if at least one byte is waiting.
+#[cfg(unix)]
+fn peek_socket(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking (tokio registered it): this never waits.
+    matches!(socket2::SockRef::from(&fd).peek(&mut buf), Ok(1..))
 }
 
 impl Listener for TcpListener {
@@ -64,6 +111,12 @@ impl Listener for TcpListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         TcpListener::local_addr(self)
     }
+
+    #[cfg(unix)]
+    fn has_pending_input(io: &Self::Io) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(io.as_fd())
+    }
 }
 
 #[cfg(unix)]
@@ -77,6 +130,11 @@ impl Listener for tokio::net::UnixListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         tokio::net::UnixListener::local_addr(self)
+    }
+
+    fn has_pending_input(io: &Self::Io) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(io.as_fd())
     }
 }
 
@@ -118,6 +176,7 @@ pub fn serve<L, S>(listener: L, app: S, shutdown: &Shutdown) -> Serve<L, S> {
         app,
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_close: IdleClose::Immediately,
     }
 }
 
@@ -173,9 +232,17 @@ pub struct Serve<L, S> {
     app: S,
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
+    idle_close: IdleClose,
 }
 
 impl<L, S> Serve<L, S> {
+    /// When idle HTTP/1 keep-alive connections close during the drain (default
+    /// [`IdleClose::Immediately`]). See [`IdleClose`].
+    pub fn idle_close(mut self, idle_close: IdleClose) -> Self {
+        self.idle_close = idle_close;
+        self
+    }
+
     /// How long a client may take to send a complete HTTP/1 request head before its
     /// connection is closed (default 30 s; `None` disables it). Zero is rejected.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
@@ -190,6 +257,7 @@ impl<L: fmt::Debug, S> fmt::Debug for Serve<L, S> {
             .field("listener", &self.listener)
             .field("shutdown", &self.shutdown)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_close", &self.idle_close)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +314,7 @@ impl<L, S> Serve<L, S> {
             app,
             shutdown,
             header_read_timeout,
+            idle_close,
         } = self;
         if shutdown.inner.is_done() {
             return Err(Error::AlreadyShutDown);
@@ -254,6 +323,13 @@ impl<L, S> Serve<L, S> {
             return Err(Error::Config(
                 "header_read_timeout must be greater than zero; pass None to disable it",
             ));
+        }
+        if let IdleClose::MinIdleAge(d) | IdleClose::AfterNextRequest(d) = idle_close {
+            if d.is_zero() {
+                return Err(Error::Config(
+                    "an idle_close duration must be greater than zero; use IdleClose::Immediately",
+                ));
+            }
         }
         let inner = &shutdown.inner;
         let mut builder = auto::Builder::new(TrackedExecutor {
@@ -277,12 +353,22 @@ impl<L, S> Serve<L, S> {
             match accepted {
                 Ok((io, peer)) => {
                     tracing::trace!(?peer, "accepted");
-                    inner.connections.spawn(serve_connection(
+                    let state = ConnState::new();
+                    let io = ConnIo::new(
+                        io,
+                        Arc::clone(&state),
+                        Arc::clone(inner),
+                        // Counted from here until the socket closes, through an upgrade.
+                        inner.connections.token(),
+                        L::has_pending_input,
+                    );
+                    tokio::spawn(serve_connection(
                         Arc::clone(&builder),
                         io,
-                        app.clone(),
-                        inner.drain.clone(),
-                        inner.force.clone(),
+                        app.for_connection(Arc::clone(&state)),
+                        state,
+                        Arc::clone(inner),
+                        idle_close,
                     ));
                 }
                 Err(e) if is_connection_error(&e) => {
@@ -309,10 +395,11 @@ impl<L, S> Serve<L, S> {
 
 async fn serve_connection<I, S, B>(
     builder: Arc<auto::Builder<TrackedExecutor>>,
-    io: I,
+    io: ConnIo<I>,
     app: Graceful<S>,
-    drain: CancellationToken,
-    force: CancellationToken,
+    state: Arc<ConnState>,
+    shutdown: Arc<Inner>,
+    idle_close: IdleClose,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -325,14 +412,34 @@ async fn serve_connection<I, S, B>(
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
+    let force = &shutdown.force;
     let result = tokio::select! {
         biased;
         // Dropping the connection closes its socket: the client sees an error.
         _ = force.cancelled() => return,
         result = conn.as_mut() => result,
-        _ = drain.cancelled() => {
-            // Idle (or silent) connections close at once; busy HTTP/1 ones after the
-            // current response, with `Connection: close`; HTTP/2 gets GOAWAY.
+        _ = shutdown.drain.cancelled() => {
+            // Busy HTTP/1 connections close after the current response, with
+            // `Connection: close`; HTTP/2 gets GOAWAY. An idle HTTP/1 connection (or one
+            // that has sent nothing) closes now, unless a request is already on it.
+            let hold = if state.is_http2() || state.is_busy() || state.is_upgraded() {
+                None
+            } else {
+                idle_hold(conn.as_mut(), &state, idle_close).await
+            };
+            match hold {
+                Some(Hold::Finished(result)) => return log_end(result),
+                Some(Hold::Until(until)) => {
+                    tokio::select! {
+                        biased;
+                        _ = force.cancelled() => return,
+                        result = conn.as_mut() => return log_end(result),
+                        _ = state.request_started() => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                None => {}
+            }
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 biased;
@@ -341,10 +448,54 @@ async fn serve_connection<I, S, B>(
             }
         }
     };
+    log_end(result);
+}
+
+fn log_end(result: Result<(), BoxError>) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// How long an idle HTTP/1 connection stays open at drain start.
+enum Hold {
+    /// The connection ended while being looked at.
+    Finished(Result<(), BoxError>),
+    /// Until a request starts on it, or this instant.
+    Until(Instant),
+}
+
+/// How long to keep an idle HTTP/1 connection open at drain start: until the request
+/// whose bytes have already arrived starts (bounded by [`PENDING_INPUT_GRACE`]), or as
+/// `idle_close` says; `None` to close it now.
+async fn idle_hold<F>(
+    mut conn: Pin<&mut F>,
+    state: &ConnState,
+    idle_close: IdleClose,
+) -> Option<Hold>
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    // Poll the connection once with a probe requested: hyper, idle, reads from the
+    // socket, and the IO peeks at it first.
+    state.request_probe();
+    let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = polled {
+        return Some(Hold::Finished(result));
+    }
+    if state.is_busy() || state.probe_result() == Some(true) {
+        // A request has arrived: give it time to be read and start.
+        return Some(Hold::Until(Instant::now() + PENDING_INPUT_GRACE));
+    }
+    match idle_close {
+        IdleClose::Immediately => None,
+        IdleClose::MinIdleAge(age) => Some(Hold::Until(state.idle_since() + age)),
+        IdleClose::AfterNextRequest(wait) => Some(Hold::Until(Instant::now() + wait)),
+    }
+}
+
+/// How long a request whose first bytes had arrived at drain start has to be read.
+const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs hyper's background tasks (HTTP/2 streams) in the shutdown's task tracker, so they
 /// are waited for, and drops them at the stop deadline.

@@ -97,6 +97,11 @@ where
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     let guard = guard.take();
+                    if let (Ok(response), Some(guard)) = (&result, &guard) {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            guard.upgraded();
+                        }
+                    }
                     return Poll::Ready(
                         result.map(|res| res.map(|b| ResponseBody::counted(b, guard))),
                     );

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -7,6 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{Guard, ResponseFuture};
+use crate::conn::ConnState;
 use crate::{Phase, Shutdown};
 
 /// A [`Layer`] that counts in-flight requests for a [`Shutdown`].
@@ -72,10 +74,7 @@ impl<S> Layer<S> for GracefulLayer {
     type Service = Graceful<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Graceful {
-            inner,
-            shutdown: self.shutdown.clone(),
-        }
+        Graceful::new(inner, self.shutdown.clone())
     }
 }
 
@@ -84,12 +83,30 @@ impl<S> Layer<S> for GracefulLayer {
 pub struct Graceful<S> {
     inner: S,
     shutdown: Shutdown,
+    /// The connection this service serves, when `serve` made it.
+    conn: Option<Arc<ConnState>>,
 }
 
 impl<S> Graceful<S> {
     /// Wraps `inner`, counting its requests for `shutdown`.
     pub fn new(inner: S, shutdown: Shutdown) -> Self {
-        Graceful { inner, shutdown }
+        Graceful {
+            inner,
+            shutdown,
+            conn: None,
+        }
+    }
+
+    /// The same service, also keeping `conn`'s request count.
+    pub(crate) fn for_connection(&self, conn: Arc<ConnState>) -> Self
+    where
+        S: Clone,
+    {
+        Graceful {
+            inner: self.inner.clone(),
+            shutdown: self.shutdown.clone(),
+            conn: Some(conn),
+        }
     }
 
     /// The controller this middleware counts for.
@@ -145,7 +162,7 @@ where
         }
         // Count first, then look at the phase: a request counted before the drain's wait
         // observes an empty tracker is always waited for.
-        let guard = Guard::new(&self.shutdown.inner);
+        let guard = Guard::new(&self.shutdown.inner, self.conn.clone());
         if guard.is_forced() {
             return ResponseFuture::rejected(guard);
         }
