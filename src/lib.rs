@@ -82,7 +82,7 @@ pub use error::Error;
 pub use layer::{Aborted, Drain, Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
 pub use serve::{
-    listen_and_serve, serve, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
+    listen_and_serve, serve, IdleClose, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
 };
 pub use shutdown::{Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_TIMEOUT};
 

@@ -95,12 +95,10 @@ where
                 guard,
                 forced,
             } => {
-                if let Poll::Ready(result) = future.poll(cx) {
+                if let Poll::Ready(mut result) = future.poll(cx) {
                     let guard = guard.take();
-                    if let (Ok(response), Some(guard)) = (&result, &guard) {
-                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            guard.upgraded();
-                        }
+                    if let (Ok(response), Some(guard)) = (&mut result, &guard) {
+                        guard.on_response(response);
                     }
                     return Poll::Ready(
                         result.map(|res| res.map(|b| ResponseBody::counted(b, guard))),

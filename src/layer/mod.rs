@@ -15,6 +15,8 @@ pub use service::{Drain, Graceful, GracefulLayer};
 
 use std::sync::Arc;
 
+use http::{header, HeaderValue, Response, StatusCode};
+
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::conn::ConnState;
@@ -40,10 +42,18 @@ impl Guard {
         }
     }
 
-    /// The response switched protocols: its connection now lives on in an upgrade task.
-    fn upgraded(&self) {
-        if let Some(conn) = &self.conn {
+    /// Notes what a response served by [`serve`](crate::serve()) means for its
+    /// connection. A response that switches protocols hands the connection to an upgrade
+    /// task. An HTTP/1 response written after drain start carries `Connection: close`,
+    /// so the connection closes right after it, whether or not hyper has been told yet.
+    fn on_response<B>(&self, response: &mut Response<B>) {
+        let Some(conn) = &self.conn else { return };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             conn.mark_upgraded();
+        } else if self.inner.drain.is_cancelled() && !conn.is_http2() {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
     }
 
