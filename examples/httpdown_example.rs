@@ -5,6 +5,14 @@
 //! curl 'http://127.0.0.1:8080/?duration=20s'   # in a second terminal
 //! kill -TERM <pid>                              # in a third: the request still completes
 //! ```
+//!
+//! Routes:
+//! - `GET /sse`: Server-Sent Events, `data: tick N` every 100 ms; at drain start an
+//!   `event: shutdown` with `data: bye`, then the stream ends cleanly.
+//! - `GET /ws`: a WebSocket echo server; at drain start it sends a Close frame with code
+//!   1001 and ends once the client answers (or at the stop deadline).
+//! - any other path: `?duration=D` writes `going to sleep D with pid PID`, sleeps D,
+//!   then writes `slept D with pid PID`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -14,13 +22,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
 use clap::Parser;
-use futures_util::{stream, StreamExt};
-use httpdown::Shutdown;
+use futures_util::{stream, Stream, StreamExt};
+use httpdown::axum::GracefulWebSocket;
+use httpdown::{Drain, Shutdown};
 
 /// Serves a slow handler and shuts down gracefully on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
@@ -73,7 +85,10 @@ async fn main() -> ExitCode {
     );
     let _ = stdout.flush();
 
-    let app = Router::new().fallback(sleep);
+    let app = Router::new()
+        .route("/sse", get(sse))
+        .route("/ws", get(ws))
+        .fallback(sleep);
     match httpdown::serve(listener, app, &shutdown).await {
         Ok(report) => {
             eprintln!("{report}");
@@ -119,4 +134,29 @@ async fn sleep(Query(query): Query<HashMap<String, String>>) -> Response {
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// `GET /sse`: `data: tick N` every 100 ms; at drain start `event: shutdown` / `data: bye`,
+/// then the end of the stream.
+async fn sse(drain: Drain) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = stream::unfold(0u64, |n| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
+    });
+    let bye = Event::default().event("shutdown").data("bye");
+    Sse::new(drain.until_drain(ticks).with_final(Ok(bye)))
+}
+
+/// `GET /ws`: echoes text and binary messages; at drain start, closes with 1001.
+async fn ws(upgrade: WebSocketUpgrade, drain: Drain) -> Response {
+    upgrade.on_upgrade(move |socket| async move {
+        let mut socket = GracefulWebSocket::new(socket, drain);
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Text(_) | Message::Binary(_) = message {
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
 }

@@ -77,6 +77,11 @@ mod report;
 mod serve;
 mod shutdown;
 mod signal;
+mod until_drain;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 
 pub use error::Error;
 pub use layer::{Aborted, Drain, Graceful, GracefulLayer, ResponseBody, ResponseFuture};
@@ -85,6 +90,7 @@ pub use serve::{
     listen_and_serve, serve, IdleClose, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
 };
 pub use shutdown::{Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_TIMEOUT};
+pub use until_drain::UntilDrain;
 
 /// A boxed error, the error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -453,3 +453,60 @@ async fn an_h2c_request_in_flight_completes() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_sse_route_ticks_then_says_bye_and_ends_cleanly() {
+    let demo = Demo::start(&["--stop-timeout", "10s"]).await;
+    let mut conn = demo.get("/sse").await;
+    let head = read_until(&mut conn, "data: tick 1\n\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("data: tick 0\n\n"), "{head}");
+    let signalled = Instant::now();
+    demo.signal("TERM");
+    let (rest, end) = read_to_end(&mut conn).await;
+    assert!(rest.contains("event: shutdown\ndata: bye\n\n"), "{rest:?}");
+    assert!(rest.ends_with("0\r\n\r\n"), "terminating chunk: {rest:?}");
+    assert_eq!(end, End::Eof);
+    let (status, stderr, exited) = demo.exit().await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
+    eprintln!("measured: sse, signal -> exit {:?}", exited - signalled);
+}
+
+#[tokio::test]
+async fn the_ws_route_echoes_then_closes_with_1001() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let demo = Demo::start(&["--stop-timeout", "10s"]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", demo.addr))
+        .await
+        .expect("websocket handshake");
+    ws.send(Message::text("echo me")).await.unwrap();
+    let echo = tokio::time::timeout(BOUND, ws.next()).await.unwrap();
+    assert_eq!(echo.unwrap().unwrap(), Message::text("echo me"));
+    let signalled = Instant::now();
+    demo.signal("TERM");
+    match tokio::time::timeout(BOUND, ws.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a Close frame with 1001, got {other:?}"),
+    }
+    // Reading on answers the Close; the server then closes the connection.
+    let end = tokio::time::timeout(BOUND, ws.next()).await.unwrap();
+    assert!(end.is_none() || matches!(end, Some(Err(_))), "{end:?}");
+    let (status, stderr, exited) = demo.exit().await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
+    eprintln!(
+        "measured: websocket, signal -> exit {:?}",
+        exited - signalled
+    );
+}

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{Guard, ResponseFuture};
 use crate::conn::ConnState;
-use crate::{Phase, Shutdown};
+use crate::{Phase, Shutdown, UntilDrain};
 
 /// A [`Layer`] that counts in-flight requests for a [`Shutdown`].
 ///
@@ -176,7 +176,8 @@ where
 /// A request extension that lets a handler observe the shutdown.
 ///
 /// [`GracefulLayer`] (and so [`serve`](crate::serve())) inserts it into every request it
-/// counts. In axum: `Extension(drain): Extension<httpdown::Drain>`.
+/// counts. In axum it is also an extractor with the `axum` feature (`drain: Drain` as a
+/// handler argument), or `Extension(drain): Extension<httpdown::Drain>` without it.
 ///
 /// Request cancellation does not happen at drain start: a handler keeps running until it
 /// finishes or the stop deadline passes. Long-lived handlers (SSE, long polls) can await
@@ -202,9 +203,23 @@ impl Drain {
         self.shutdown.stop_deadline()
     }
 
+    /// Wraps `stream` so it ends cleanly at drain start. See [`UntilDrain`].
+    pub fn until_drain<St: futures_core::Stream>(&self, stream: St) -> UntilDrain<St> {
+        UntilDrain::new(stream, self)
+    }
+
     /// The controller.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+}
+
+impl Shutdown {
+    /// A [`Drain`] handle on this controller, as handlers get it from the request.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            shutdown: self.clone(),
+        }
     }
 }
 

@@ -1,0 +1,181 @@
+//! axum integration (feature `axum`): [`Drain`] as an extractor, and
+//! [`GracefulWebSocket`], which closes a WebSocket with code 1001 at drain start.
+//!
+//! ```
+//! use axum::extract::ws::{Message, WebSocketUpgrade};
+//! use axum::response::Response;
+//! use httpdown::axum::GracefulWebSocket;
+//! use httpdown::Drain;
+//!
+//! // An echo server that says goodbye at drain start.
+//! async fn echo(ws: WebSocketUpgrade, drain: Drain) -> Response {
+//!     ws.on_upgrade(move |socket| async move {
+//!         let mut socket = GracefulWebSocket::new(socket, drain);
+//!         while let Some(Ok(message)) = socket.recv().await {
+//!             if let Message::Text(_) | Message::Binary(_) = message {
+//!                 if socket.send(message).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         }
+//!     })
+//! }
+//! # let _ = axum::Router::<()>::new().route("/ws", axum::routing::get(echo));
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::StatusCode;
+
+use crate::Drain;
+
+/// The rejection of the [`Drain`] extractor: the request did not go through
+/// [`GracefulLayer`](crate::GracefulLayer) or [`serve`](crate::serve()).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingDrain;
+
+impl fmt::Display for MissingDrain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "no httpdown::Drain in the request: serve the app with httpdown::serve or add httpdown::GracefulLayer",
+        )
+    }
+}
+
+impl std::error::Error for MissingDrain {}
+
+impl IntoResponse for MissingDrain {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Drain {
+    type Rejection = MissingDrain;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Drain>().cloned().ok_or(MissingDrain)
+    }
+}
+
+/// A [`WebSocket`] that says goodbye at drain start.
+///
+/// [`recv`](Self::recv) works as on the plain socket until drain start. Then it sends a
+/// Close frame with code 1001 ("going away"), keeps reading (and discarding) until the
+/// client answers with its own Close frame, the connection ends, or the stop deadline
+/// passes, and returns `None`: the handler's receive loop ends on its own, and the
+/// upgraded connection closes cleanly. A socket that is not read (or whose handler
+/// ignores the drain) is still force-closed at the stop deadline by
+/// [`serve`](crate::serve()).
+pub struct GracefulWebSocket {
+    socket: WebSocket,
+    drain_started: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop_deadline: Pin<Box<dyn Future<Output = ()> + Send>>,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Drain start passed: our Close frame is to be sent.
+    SayingGoodbye,
+    /// Our Close frame is sent; waiting for the client's.
+    Closing,
+    Closed,
+}
+
+/// The reason sent with the Close frame at drain start.
+pub const GOING_AWAY_REASON: &str = "server shutting down";
+
+impl GracefulWebSocket {
+    /// Wraps `socket`, watching `drain`.
+    pub fn new(socket: WebSocket, drain: Drain) -> Self {
+        GracefulWebSocket {
+            socket,
+            drain_started: Box::pin(drain.started()),
+            stop_deadline: Box::pin(drain.stop_deadline()),
+            state: State::Open,
+        }
+    }
+
+    /// Receives the next message; `None` once the socket is closed, or once the goodbye
+    /// that drain start begins has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is never lost if the future is dropped before it
+    /// completes.
+    pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        loop {
+            match self.state {
+                State::Closed => return None,
+                State::Open => {
+                    tokio::select! {
+                        biased;
+                        message = self.socket.recv() => {
+                            if matches!(message, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                                self.state = State::Closed;
+                            }
+                            return message;
+                        }
+                        _ = &mut self.drain_started => self.state = State::SayingGoodbye,
+                    }
+                }
+                State::SayingGoodbye => {
+                    let goodbye = Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: GOING_AWAY_REASON.into(),
+                    }));
+                    self.state = match self.socket.send(goodbye).await {
+                        Ok(()) => State::Closing,
+                        Err(_) => State::Closed,
+                    };
+                }
+                State::Closing => {
+                    tokio::select! {
+                        biased;
+                        message = self.socket.recv() => match message {
+                            // The client's Close completes the handshake.
+                            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                                self.state = State::Closed;
+                            }
+                            // Data after our Close is discarded (RFC 6455, 5.5.1).
+                            Some(Ok(_)) => {}
+                        },
+                        _ = &mut self.stop_deadline => self.state = State::Closed,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a message. After drain start has begun the goodbye, messages other than
+    /// Close are refused by the protocol and fail.
+    pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
+        self.socket.send(message).await
+    }
+
+    /// Whether the goodbye has begun (drain start passed while receiving) or the socket
+    /// is closed.
+    pub fn is_closing(&self) -> bool {
+        self.state != State::Open
+    }
+
+    /// The plain socket.
+    pub fn into_inner(self) -> WebSocket {
+        self.socket
+    }
+}
+
+impl fmt::Debug for GracefulWebSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GracefulWebSocket")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}

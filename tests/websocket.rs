@@ -1,0 +1,203 @@
+//! Upgraded connections (B25) and the axum integration: WebSockets are tracked by the
+//! drain, told to go away with a Close frame (1001) by `GracefulWebSocket`, and
+//! force-closed at the stop deadline when they ignore the drain.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use httpdown::axum::GracefulWebSocket;
+use httpdown::{Drain, Outcome, Shutdown};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Echo with the crate's helper: closes with 1001 at drain start.
+async fn graceful_echo(ws: WebSocketUpgrade, drain: Drain) -> Response {
+    ws.on_upgrade(move |socket| async move {
+        let mut socket = GracefulWebSocket::new(socket, drain);
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Text(_) | Message::Binary(_) = message {
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+/// Echo that ignores the drain.
+async fn plain_echo(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Text(_) | Message::Binary(_) = message {
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+fn ws_app() -> Router {
+    Router::new()
+        .route("/graceful", get(graceful_echo))
+        .route("/plain", get(plain_echo))
+        .route(
+            "/phase",
+            get(|drain: Drain| async move { drain.phase().to_string() }),
+        )
+}
+
+fn shutdown(stop: Duration) -> Shutdown {
+    Shutdown::builder()
+        .stop_timeout(stop)
+        .kill_timeout(Duration::from_secs(1))
+        .build()
+}
+
+/// B25 with the helper, over a real socket: the client gets a Close frame with 1001, answers
+/// it, and the drain ends as soon as the socket closes, long before the stop deadline.
+#[tokio::test]
+async fn a_websocket_is_told_to_go_away_with_1001_and_the_drain_waits_for_it() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (addr, server) = start(ws_app(), &shutdown).await;
+    let (mut client, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/graceful"))
+        .await
+        .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    client.send(WsMessage::text("hello")).await.unwrap();
+    let echo = tokio::time::timeout(BOUND, client.next()).await.unwrap();
+    assert_eq!(echo.unwrap().unwrap(), WsMessage::text("hello"));
+    // The upgraded connection is still counted, though hyper is done with it.
+    assert_eq!(shutdown.connections(), 1);
+    assert_eq!(shutdown.in_flight(), 0);
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let close = tokio::time::timeout(BOUND, client.next()).await.unwrap();
+    match close {
+        Some(Ok(WsMessage::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason.as_str(), httpdown::axum::GOING_AWAY_REASON);
+        }
+        other => panic!("expected a Close frame with 1001, got {other:?}"),
+    }
+    // Reading on sends our Close answer; then the server closes the connection.
+    let end = tokio::time::timeout(BOUND, client.next()).await.unwrap();
+    assert!(end.is_none() || matches!(end, Some(Err(_))), "{end:?}");
+    let report = server.await.unwrap().unwrap();
+    eprintln!("websocket: drained {:?} after the trigger", t0.elapsed());
+    assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+    assert_eq!(report.connections_at_drain(), 1);
+    assert!(report.total() < Duration::from_secs(10), "{report}");
+}
+
+/// B25 without the helper: a WebSocket that ignores the drain keeps the shutdown waiting
+/// (it is counted) and is force-closed exactly at the stop deadline; the client sees the
+/// connection end without a Close handshake.
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_is_counted_and_force_closed_at_the_stop_deadline() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(httpdown::serve(listener, ws_app(), &shutdown).into_future());
+    let (mut client, _) = tokio_tungstenite::client_async("ws://test/plain", connector.connect())
+        .await
+        .expect("websocket handshake");
+    client.send(WsMessage::text("ping")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("ping")
+    );
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    // The echo still works during the drain.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    client.send(WsMessage::text("still here")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("still here")
+    );
+    assert_eq!(shutdown.connections(), 1);
+
+    let end = client.next().await;
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_secs(5),
+        "cut at the stop deadline"
+    );
+    assert!(
+        !matches!(end, Some(Ok(WsMessage::Close(_)))),
+        "a forced close is not a Close handshake: {end:?}"
+    );
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(
+        report.outcome(),
+        Outcome::Forced {
+            connections: 1,
+            requests: 0
+        }
+    );
+    assert_eq!(report.total(), Duration::from_secs(5));
+}
+
+/// B25 with the helper and a client that never answers the Close frame: the goodbye is
+/// bounded by the stop deadline.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_answers_the_close_is_cut_at_the_stop_deadline() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(httpdown::serve(listener, ws_app(), &shutdown).into_future());
+    let (client, _) = tokio_tungstenite::client_async("ws://test/graceful", connector.connect())
+        .await
+        .expect("websocket handshake");
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_secs(5));
+    assert!(
+        matches!(report.outcome(), Outcome::Forced { .. }),
+        "{report}"
+    );
+    drop(client);
+}
+
+/// The `Drain` extractor reads the phase; without the layer it is a clear 500.
+#[tokio::test]
+async fn the_drain_extractor_needs_the_layer_or_serve() {
+    use tower::ServiceExt;
+
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (addr, server) = start(ws_app(), &shutdown).await;
+    let mut conn = get_request(addr, "/phase").await;
+    read_until(&mut conn, "running").await;
+    drop(conn);
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+
+    let response = ws_app()
+        .oneshot(
+            http::Request::get("/phase")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("add httpdown::GracefulLayer"),
+        "{body:?}"
+    );
+}
