@@ -14,11 +14,11 @@ use tokio::time::Instant;
 pub enum Outcome {
     /// Everything finished before the stop deadline.
     Drained,
-    /// The stop deadline passed; this many connections (and connection tasks) and requests
+    /// The stop deadline passed; this many connections and requests
     /// were still open and were force-closed, and all of them then finished before the
     /// kill deadline.
     Forced {
-        /// Connections and connection tasks force-closed at the stop deadline.
+        /// Connections force-closed at the stop deadline.
         connections: usize,
         /// Requests still in flight at the stop deadline.
         requests: usize,
@@ -26,7 +26,7 @@ pub enum Outcome {
     /// The kill deadline passed with this much still running (for example a handler that
     /// blocks its thread and so ignores cancellation).
     GaveUp {
-        /// Connections and connection tasks still running at the kill deadline.
+        /// Connections still open at the kill deadline.
         connections: usize,
         /// Requests still in flight at the kill deadline.
         requests: usize,
@@ -103,7 +103,7 @@ impl Report {
         self.total
     }
 
-    /// Connections (and connection tasks) open at drain start.
+    /// Connections open at drain start (upgraded ones included).
     pub fn connections_at_drain(&self) -> usize {
         self.connections_at_drain
     }

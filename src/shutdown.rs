@@ -449,11 +449,10 @@ impl Inner {
         self.requests.wait().await;
     }
 
+    /// Open connections and in-flight requests. HTTP/2 stream tasks are waited for but
+    /// not counted: their streams are counted as requests, their sockets as connections.
     fn left(&self) -> (usize, usize) {
-        (
-            self.connections.len() + self.tasks.len(),
-            self.requests.len(),
-        )
+        (self.connections.len(), self.requests.len())
     }
 
     fn mark(&self, f: impl FnOnce(&mut Times)) -> Times {
