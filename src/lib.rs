@@ -64,6 +64,20 @@
 //! refuse new connections the moment drain starts on every listener it owns, close
 //! connections that sent nothing, drop connection tasks at the stop deadline, and count
 //! connections.
+//!
+//! # Long-lived connections
+//!
+//! Handlers see the shutdown through [`Drain`] (a request extension, and an axum
+//! extractor with the `axum` feature): [`Drain::until_drain`] ends a stream (SSE, long
+//! poll) cleanly at drain start, [`axum::GracefulWebSocket`] closes a WebSocket with
+//! code 1001. [`serve`] keeps upgraded connections counted until their socket closes and
+//! force-closes them at the stop deadline, sends HTTP/2 GOAWAY, serves a request already
+//! on an idle HTTP/1 connection rather than dropping it, and offers [`IdleClose`]
+//! against the keep-alive close race.
+//!
+//! # Feature flags
+//!
+//! - `axum`: the [`Drain`] extractor and [`axum::GracefulWebSocket`].
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]
