@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::shutdown::Inner;
+use crate::stats::ConnKind;
 
 /// How long a connection closed during the drain with unread input keeps reading (and
 /// discarding) before its socket closes, so the kernel sends FIN rather than a reset that
@@ -31,44 +32,76 @@ const PROBE_EMPTY: u8 = 3;
 
 /// What the connection task, the connection's IO and its requests share.
 ///
-/// Every field is a hint read by one task and written by another without other data
-/// depending on it, so `Relaxed` orderings suffice, except the `started` counter paired
-/// with `started_notify` (see [`ConnState::request_started`]).
-#[derive(Debug)]
+/// The request count and the connection's state (for the statistics) change together
+/// under one uncontended lock. The other fields are hints read by one task and written
+/// by another without other data depending on them, so `Relaxed` orderings suffice,
+/// except the `started` counter paired with `started_notify` (see
+/// [`ConnState::request_started`]).
 pub(crate) struct ConnState {
-    /// Requests in flight on this connection.
-    active: AtomicUsize,
+    activity: Mutex<Activity>,
     /// Requests started on this connection so far.
     started: AtomicU64,
     started_notify: Notify,
-    /// When the connection last went idle, in ms since `opened`.
-    idle_since_ms: AtomicU64,
-    opened: Instant,
     /// The client spoke the HTTP/2 preface.
     http2: AtomicBool,
     /// A response switched protocols: the socket now belongs to an upgrade task.
     upgraded: AtomicBool,
     /// A request for the IO to look for unread input on its next read (`PROBE_*`).
     probe: AtomicU8,
+    shutdown: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Activity {
+    /// Requests in flight on this connection.
+    active: usize,
+    kind: ConnKind,
+    /// The socket closed: the gauges no longer count this connection.
+    closed: bool,
+    /// When the connection last went idle (or was accepted).
+    idle_since: Instant,
 }
 
 impl ConnState {
-    pub(crate) fn new() -> Arc<Self> {
+    /// The state of a connection just accepted.
+    pub(crate) fn new(shutdown: Arc<Inner>) -> Arc<Self> {
+        shutdown.counters.accepted();
         Arc::new(ConnState {
-            active: AtomicUsize::new(0),
+            activity: Mutex::new(Activity {
+                active: 0,
+                kind: ConnKind::New,
+                closed: false,
+                idle_since: Instant::now(),
+            }),
             started: AtomicU64::new(0),
             started_notify: Notify::new(),
-            idle_since_ms: AtomicU64::new(0),
-            opened: Instant::now(),
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             probe: AtomicU8::new(PROBE_NONE),
+            shutdown,
         })
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_kind(&self, activity: &mut Activity, kind: ConnKind) {
+        // An upgraded connection stays upgraded until it closes; a request that ends
+        // after its connection closed (a body dropped late) changes nothing.
+        if activity.kind != ConnKind::Upgraded && !activity.closed {
+            self.shutdown.counters.moved(activity.kind, kind);
+            activity.kind = kind;
+        }
     }
 
     /// A request started on this connection.
     pub(crate) fn request_began(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut activity = self.activity();
+            activity.active += 1;
+            self.set_kind(&mut activity, ConnKind::Active);
+        }
         // Release pairs with the Acquire in `requests_started`: a waiter that reads the
         // new count also sees the request as active.
         self.started.fetch_add(1, Ordering::Release);
@@ -77,18 +110,29 @@ impl ConnState {
 
     /// A request on this connection ended (its response body ended or was dropped).
     pub(crate) fn request_ended(&self) {
-        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let ms = self.opened.elapsed().as_millis() as u64;
-            self.idle_since_ms.store(ms, Ordering::Relaxed);
+        let mut activity = self.activity();
+        activity.active = activity.active.saturating_sub(1);
+        if activity.active == 0 {
+            activity.idle_since = Instant::now();
+            self.set_kind(&mut activity, ConnKind::Idle);
+        }
+    }
+
+    /// The connection's socket closed.
+    fn closed(&self, forced: bool) {
+        let mut activity = self.activity();
+        if !activity.closed {
+            activity.closed = true;
+            self.shutdown.counters.closed(activity.kind, forced);
         }
     }
 
     pub(crate) fn is_busy(&self) -> bool {
-        self.active.load(Ordering::Relaxed) > 0
+        self.activity().active > 0
     }
 
     pub(crate) fn idle_since(&self) -> Instant {
-        self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+        self.activity().idle_since
     }
 
     pub(crate) fn is_http2(&self) -> bool {
@@ -97,6 +141,8 @@ impl ConnState {
 
     pub(crate) fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
+        let mut activity = self.activity();
+        self.set_kind(&mut activity, ConnKind::Upgraded);
     }
 
     pub(crate) fn is_upgraded(&self) -> bool {
@@ -272,6 +318,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
             return;
         };
         let shutdown = &self.shutdown;
+        self.state.closed(shutdown.force.is_cancelled());
         if !shutdown.drain.is_cancelled() || shutdown.force.is_cancelled() || !(self.peek)(&io) {
             return;
         }

@@ -86,11 +86,13 @@ struct ReadmeDoctests;
 
 mod conn;
 mod error;
+mod health;
 mod layer;
 mod report;
 mod serve;
 mod shutdown;
 mod signal;
+mod stats;
 mod until_drain;
 
 #[cfg(feature = "axum")]
@@ -98,12 +100,16 @@ mod until_drain;
 pub mod axum;
 
 pub use error::Error;
+pub use health::{Liveness, Readiness};
 pub use layer::{Aborted, Drain, Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
 pub use serve::{
     listen_and_serve, serve, IdleClose, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
 };
-pub use shutdown::{Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_TIMEOUT};
+pub use shutdown::{
+    Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,
+};
+pub use stats::{names as metric_names, ConnectionStats, Stats};
 pub use until_drain::UntilDrain;
 
 /// A boxed error, the error type of [`ResponseBody`].

@@ -343,6 +343,7 @@ impl<L, S> Serve<L, S> {
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let app = Graceful::new(app, shutdown.clone());
+        crate::stats::metrics_impl::serve();
 
         loop {
             let accepted = tokio::select! {
@@ -353,7 +354,7 @@ impl<L, S> Serve<L, S> {
             match accepted {
                 Ok((io, peer)) => {
                     tracing::trace!(?peer, "accepted");
-                    let state = ConnState::new();
+                    let state = ConnState::new(Arc::clone(inner));
                     let io = ConnIo::new(
                         io,
                         Arc::clone(&state),

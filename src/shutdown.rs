@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::report::{Outcome, Report};
+use crate::stats::{metrics_impl, Counters};
 use crate::GracefulLayer;
+use crate::Stats;
 
 /// How long to wait at a step of the shutdown before moving on.
 ///
@@ -108,10 +110,14 @@ struct Config {
     kill_timeout: Timeout,
     drain_delay: Duration,
     second_signal: SecondSignal,
+    progress_interval: Option<Duration>,
 }
 
 /// Both timeouts default to 60 seconds, as in Go's `httpdown`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a shutdown in progress logs what it is waiting for, unless told otherwise.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for Config {
     fn default() -> Self {
@@ -120,6 +126,7 @@ impl Default for Config {
             kill_timeout: Timeout::After(DEFAULT_TIMEOUT),
             drain_delay: Duration::ZERO,
             second_signal: SecondSignal::Escalate,
+            progress_interval: Some(DEFAULT_PROGRESS_INTERVAL),
         }
     }
 }
@@ -144,6 +151,15 @@ impl Builder {
     /// sending traffic). Default zero. The stop timer starts after it.
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.config.drain_delay = delay;
+        self
+    }
+
+    /// How often, while waiting, the shutdown logs a progress line such as
+    /// `draining: 3 requests, 5 connections left, stop deadline in 7.2s` (a `tracing`
+    /// event at `INFO`). Default 1 s; `None` turns them off. Phase changes are logged
+    /// either way. Zero is treated as `None`.
+    pub fn progress_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.progress_interval = interval.into().filter(|d| !d.is_zero());
         self
     }
 
@@ -172,6 +188,7 @@ impl Builder {
                 tasks: TaskTracker::new(),
                 driver_started: AtomicBool::new(false),
                 runtime: Handle::try_current().ok(),
+                counters: Counters::default(),
                 times: Mutex::new(Times::default()),
                 report: OnceLock::new(),
             }),
@@ -233,6 +250,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     driver_started: AtomicBool,
     runtime: Option<Handle>,
+    /// Connection and request counters for [`Shutdown::stats`].
+    pub(crate) counters: Counters,
     times: Mutex<Times>,
     report: OnceLock<Report>,
 }
@@ -343,6 +362,20 @@ impl Shutdown {
     /// Connections accepted by [`serve`](crate::serve()) that are still open.
     pub fn connections(&self) -> usize {
         self.inner.connections.len()
+    }
+
+    /// A snapshot of the statistics: phase, in-flight requests, open connections by state,
+    /// and totals. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .counters
+            .snapshot(self.phase(), self.inner.requests.len())
+    }
+
+    /// Whether a readiness check should pass: `false` from the trigger on, drain delay
+    /// included. See [`Readiness`](crate::Readiness).
+    pub fn is_ready(&self) -> bool {
+        !self.is_triggered()
     }
 
     /// The report, once the shutdown is done.
@@ -469,10 +502,15 @@ impl Inner {
         let delay = self.config.drain_delay;
         if !delay.is_zero() {
             tracing::info!(?delay, "drain delay: still serving, readiness failing");
-            tokio::select! {
-                biased;
-                _ = self.escalated.cancelled() => {}
-                _ = tokio::time::sleep(delay) => {}
+            let end = triggered_at + delay;
+            let mut progress = self.progress(triggered_at);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = self.escalated.cancelled() => break,
+                    _ = tokio::time::sleep_until(end) => break,
+                    _ = tick(&mut progress) => self.log_progress("drain delay", "drain start", Some(end)),
+                }
             }
         }
 
@@ -483,6 +521,7 @@ impl Inner {
         self.tasks.close();
         self.requests.close();
         self.drain.cancel();
+        metrics_impl::drain_started();
         tracing::info!(
             connections = connections_at_drain,
             requests = requests_at_drain,
@@ -492,12 +531,18 @@ impl Inner {
 
         let finished = self.all_finished();
         tokio::pin!(finished);
-        let stop = deadline_sleep(drain_at, self.config.stop_timeout);
-        let drained = tokio::select! {
-            biased;
-            _ = &mut finished => true,
-            _ = self.escalated.cancelled() => false,
-            _ = stop => false,
+        let stop_at = deadline(drain_at, self.config.stop_timeout);
+        let stop = deadline_sleep(stop_at);
+        tokio::pin!(stop);
+        let mut progress = self.progress(drain_at);
+        let drained = loop {
+            tokio::select! {
+                biased;
+                _ = &mut finished => break true,
+                _ = self.escalated.cancelled() => break false,
+                _ = &mut stop => break false,
+                _ = tick(&mut progress) => self.log_progress("draining", "stop deadline", stop_at),
+            }
         };
 
         let outcome = if drained {
@@ -513,14 +558,22 @@ impl Inner {
                 "stop deadline: force-closing what is left"
             );
             self.force.cancel();
-            let kill = deadline_sleep(force_at, self.config.kill_timeout);
-            tokio::select! {
-                biased;
-                _ = &mut finished => Outcome::Forced { connections, requests },
-                _ = kill => {
-                    let (connections, requests) = self.left();
-                    tracing::error!(connections, requests, "kill deadline: giving up on what is left");
-                    Outcome::GaveUp { connections, requests }
+            metrics_impl::forced(connections);
+            let kill_at = deadline(force_at, self.config.kill_timeout);
+            let kill = deadline_sleep(kill_at);
+            tokio::pin!(kill);
+            let mut progress = self.progress(force_at);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut finished => break Outcome::Forced { connections, requests },
+                    _ = &mut kill => {
+                        let (connections, requests) = self.left();
+                        tracing::error!(connections, requests, "kill deadline: giving up on what is left");
+                        metrics_impl::gave_up();
+                        break Outcome::GaveUp { connections, requests };
+                    }
+                    _ = tick(&mut progress) => self.log_progress("forcing", "kill deadline", kill_at),
                 }
             }
         };
@@ -535,6 +588,7 @@ impl Inner {
             connections_at_drain,
             requests_at_drain,
         );
+        metrics_impl::done(report.total());
         tracing::info!(outcome = ?report.outcome(), total = ?report.total(), "shutdown done");
         // The report is set before `done` is cancelled: `wait` relies on it.
         let _ = self.report.set(report);
@@ -542,14 +596,64 @@ impl Inner {
     }
 }
 
-/// Sleeps until `start + timeout`, or forever for [`Timeout::Never`].
-async fn deadline_sleep(start: Instant, timeout: Timeout) {
+/// The instant `timeout` after `start`, or `None` for never.
+fn deadline(start: Instant, timeout: Timeout) -> Option<Instant> {
     match timeout {
-        Timeout::After(d) => match start.checked_add(d) {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        },
-        Timeout::Never => std::future::pending().await,
+        Timeout::After(d) => start.checked_add(d),
+        Timeout::Never => None,
+    }
+}
+
+/// Sleeps until `deadline`, or forever for `None`.
+async fn deadline_sleep(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next progress tick, or never when progress lines are off.
+async fn tick(progress: &mut Option<tokio::time::Interval>) {
+    match progress {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Inner {
+    /// Progress ticks every `progress_interval` from `start` (the first one interval in).
+    fn progress(&self, start: Instant) -> Option<tokio::time::Interval> {
+        self.config.progress_interval.map(|every| {
+            let mut interval = tokio::time::interval_at(start + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        })
+    }
+
+    /// Logs one progress line: `draining: 3 requests, 5 connections left, stop deadline
+    /// in 7.2s`.
+    fn log_progress(&self, step: &str, next: &str, at: Option<Instant>) {
+        let (connections, requests) = self.left();
+        let remaining = match at {
+            Some(at) => format!(
+                "{next} in {:.1}s",
+                at.saturating_duration_since(Instant::now()).as_secs_f64()
+            ),
+            None => format!("no {next}"),
+        };
+        tracing::info!(
+            requests,
+            connections,
+            "{step}: {requests} {}, {connections} {} left, {remaining}",
+            if requests == 1 { "request" } else { "requests" },
+            if connections == 1 {
+                "connection"
+            } else {
+                "connections"
+            },
+        );
     }
 }
 

@@ -32,6 +32,7 @@ struct Guard {
 
 impl Guard {
     fn new(inner: &Arc<Inner>, conn: Option<Arc<ConnState>>) -> Self {
+        inner.counters.request_started();
         if let Some(conn) = &conn {
             conn.request_began();
         }
@@ -64,6 +65,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        crate::stats::metrics_impl::request_ended();
         if let Some(conn) = &self.conn {
             conn.request_ended();
         }
