@@ -1,12 +1,14 @@
 //! The demo server: a slow handler and a graceful shutdown on SIGTERM or SIGINT.
 //!
 //! ```text
-//! cargo run --example httpdown_example -- --addr 127.0.0.1:8080 --stop-timeout 10s --kill-timeout 1s
+//! cargo run --example httpdown_example -- --addr 127.0.0.1:8080 --stop-timeout 10s --kill-timeout 1s --drain-delay 0s
 //! curl 'http://127.0.0.1:8080/?duration=20s'   # in a second terminal
 //! kill -TERM <pid>                              # in a third: the request still completes
 //! ```
 //!
 //! Routes:
+//! - `GET /healthz`: readiness, `200 ready` until the signal, `503 draining` from then on
+//!   (during `--drain-delay` too).
 //! - `GET /sse`: Server-Sent Events, `data: tick N` every 100 ms; at drain start an
 //!   `event: shutdown` with `data: bye`, then the stream ends cleanly.
 //! - `GET /ws`: a WebSocket echo server; at drain start it sends a Close frame with code
@@ -47,6 +49,10 @@ struct Args {
     /// Time after the stop deadline before giving up on what is left.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     kill_timeout: Duration,
+    /// Time after the signal during which the server still accepts and serves while
+    /// `/healthz` answers 503, before the drain starts.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
 }
 
 #[tokio::main]
@@ -63,6 +69,7 @@ async fn main() -> ExitCode {
     let shutdown = Shutdown::builder()
         .stop_timeout(args.stop_timeout)
         .kill_timeout(args.kill_timeout)
+        .drain_delay(args.drain_delay)
         .build();
     // Before the start line: a signal sent as soon as the line is read is handled.
     if let Err(e) = shutdown.trigger_on_signals() {
@@ -88,6 +95,7 @@ async fn main() -> ExitCode {
     let app = Router::new()
         .route("/sse", get(sse))
         .route("/ws", get(ws))
+        .route_service("/healthz", shutdown.readiness())
         .fallback(sleep);
     match httpdown::serve(listener, app, &shutdown).await {
         Ok(report) => {

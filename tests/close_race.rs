@@ -130,7 +130,10 @@ async fn idle_close_options_lose_no_post_where_closing_at_once_does() {
             "AfterNextRequest(1s)",
             IdleClose::AfterNextRequest(Duration::from_secs(1)),
         ),
-        ("MinIdleAge(1s)", IdleClose::MinIdleAge(Duration::from_secs(1))),
+        (
+            "MinIdleAge(1s)",
+            IdleClose::MinIdleAge(Duration::from_secs(1)),
+        ),
     ];
     for (name, option) in options {
         let mut total = Tally::default();

@@ -23,8 +23,10 @@ use tokio::process::{Child, Command};
 /// Upper bound for the demo to start or exit.
 const BOUND: Duration = Duration::from_secs(20);
 
-/// The demo binary, built next to this test (cargo builds examples for `cargo test`),
-/// or built now if it is missing.
+/// The demo binary, which `cargo test` builds next to this test (it builds every
+/// example). It is not built here: a nested cargo would wait on the lock the running
+/// `cargo test` may hold. A missing or stale binary (for example after
+/// `cargo test --test demo` alone, which builds no example) is a clear failure.
 fn demo_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -35,16 +37,38 @@ fn demo_binary() -> &'static PathBuf {
             .and_then(|deps| deps.parent())
             .expect("target dir");
         let binary = profile_dir.join("examples").join("httpdown_example");
-        if !binary.exists() {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "--example", "httpdown_example"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the demo failed");
+        let hint = "run `cargo test --all-features` (which builds the examples), or \
+                    `cargo build --all-features --example httpdown_example` first";
+        let built = std::fs::metadata(&binary)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| panic!("no demo binary at {}: {hint}", binary.display()));
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newest_source = newest_mtime(&root.join("src"))
+            .into_iter()
+            .chain(newest_mtime(&root.join("examples/httpdown_example.rs")))
+            .max();
+        if let Some(source) = newest_source {
+            assert!(
+                built >= source,
+                "the demo binary at {} is older than the sources: {hint}",
+                binary.display()
+            );
         }
         binary
     })
+}
+
+/// The newest modification time of `path` or any file under it.
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
+            .max()
+    } else {
+        meta.modified().ok()
+    }
 }
 
 struct Demo {
@@ -509,4 +533,50 @@ async fn the_ws_route_echoes_then_closes_with_1001() {
         "measured: websocket, signal -> exit {:?}",
         exited - signalled
     );
+}
+
+#[tokio::test]
+async fn healthz_fails_during_the_drain_delay_while_requests_are_still_served() {
+    let demo = Demo::start(&["--drain-delay", "1500ms", "--stop-timeout", "10s"]).await;
+    let pid = demo.pid;
+    let mut conn = demo.get("/healthz").await;
+    let text = read_until(&mut conn, "ready\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let mut slow = demo.get("/?duration=3s").await;
+    read_until(&mut slow, "going to sleep 3s").await;
+
+    let signalled = Instant::now();
+    demo.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still accepting during the delay, but not ready.
+    let mut conn = demo.get("/healthz").await;
+    let text = read_until(&mut conn, "draining\n").await;
+    assert!(
+        text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{text}"
+    );
+    let mut quick = demo.get("/?duration=0s").await;
+    let text = read_until(&mut quick, "slept 0s").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    let (rest, end) = read_to_end(&mut slow).await;
+    assert!(
+        rest.contains(&format!("slept 3s with pid {pid}\n")),
+        "{rest:?}"
+    );
+    assert_eq!(end, End::Eof);
+    let (status, stderr, exited) = demo.exit().await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
+    // Progress lines on stderr while it waited (B33).
+    assert!(stderr.contains("drain delay: 1 request, "), "{stderr}");
+    assert!(
+        stderr.contains("draining: 1 request, 1 connection left, stop deadline in "),
+        "{stderr}"
+    );
+    let took = exited - signalled;
+    assert!(took >= Duration::from_millis(2_500), "{took:?}");
 }

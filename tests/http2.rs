@@ -382,7 +382,11 @@ async fn in_flight_streams_complete_after_a_two_step_goaway() {
     );
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.requests_at_drain(), 2, "{report}");
-    assert_eq!(report.connections_at_drain(), 1, "streams are not connections: {report}");
+    assert_eq!(
+        report.connections_at_drain(),
+        1,
+        "streams are not connections: {report}"
+    );
 }
 
 /// B24: a stream the client opens after the first GOAWAY (2^31-1) but before it answers

@@ -115,15 +115,20 @@ fn giving_up_at_the_kill_deadline_is_counted() {
                 .stop_timeout(Duration::from_secs(1))
                 .kill_timeout(Duration::from_secs(1))
                 .build();
-            let svc = shutdown.layer().layer(tower::service_fn(|_: http::Request<()>| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(
-                    http_body_util::Full::new(bytes::Bytes::from_static(b"kept")),
-                ))
-            }));
+            let svc = shutdown
+                .layer()
+                .layer(tower::service_fn(|_: http::Request<()>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"kept")),
+                    ))
+                }));
             let kept = svc.oneshot(http::Request::new(())).await.unwrap();
             shutdown.trigger();
             let report = shutdown.wait().await;
-            assert!(matches!(report.outcome(), Outcome::GaveUp { requests: 1, .. }));
+            assert!(matches!(
+                report.outcome(),
+                Outcome::GaveUp { requests: 1, .. }
+            ));
             drop(kept);
         });
     });
