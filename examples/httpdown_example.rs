@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --example httpdown_example -- --addr 127.0.0.1:8080 --stop-timeout 10s --kill-timeout 1s --drain-delay 0s
+//! cargo run --example httpdown_example -- --tls-self-signed      # HTTPS (or --tls-cert/--tls-key)
 //! curl 'http://127.0.0.1:8080/?duration=20s'   # in a second terminal
 //! kill -TERM <pid>                              # in a third: the request still completes
 //! ```
@@ -20,7 +21,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -34,6 +37,9 @@ use axum::Router;
 use clap::Parser;
 use futures_util::{stream, Stream, StreamExt};
 use httpdown::axum::GracefulWebSocket;
+use httpdown::tls::rustls::pki_types::PrivatePkcs8KeyDer;
+use httpdown::tls::rustls::ServerConfig;
+use httpdown::tls::TlsListener;
 use httpdown::{Drain, Shutdown};
 
 /// Serves a slow handler and shuts down gracefully on SIGTERM or SIGINT.
@@ -53,11 +59,46 @@ struct Args {
     /// `/healthz` answers 503, before the drain starts.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     drain_delay: Duration,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate for localhost and 127.0.0.1 generated at start.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+}
+
+/// The TLS configuration the flags ask for, if any.
+fn tls_config(args: &Args) -> Result<Option<Arc<ServerConfig>>, String> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return httpdown::tls::config_from_pem_files(cert, key)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    if !args.tls_self_signed {
+        return Ok(None);
+    }
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    httpdown::tls::config(vec![certified.cert.der().clone()], key.into())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("httpdown_example: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -85,9 +126,10 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.addr);
     let mut stdout = std::io::stdout();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = writeln!(
         stdout,
-        "serving on http://{addr}/ with pid {}",
+        "serving on {scheme}://{addr}/ with pid {}",
         std::process::id()
     );
     let _ = stdout.flush();
@@ -97,7 +139,11 @@ async fn main() -> ExitCode {
         .route("/ws", get(ws))
         .route_service("/healthz", shutdown.readiness())
         .fallback(sleep);
-    match httpdown::serve(listener, app, &shutdown).await {
+    let served = match tls {
+        Some(config) => httpdown::serve(TlsListener::new(listener, config), app, &shutdown).await,
+        None => httpdown::serve(listener, app, &shutdown).await,
+    };
+    match served {
         Ok(report) => {
             eprintln!("{report}");
             if report.is_complete() {

@@ -27,4 +27,10 @@ pub enum Error {
     /// A configuration mistake; the message says what to change.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// TLS could not be set up (a certificate or key file missing, unreadable or
+    /// invalid); the message says which file and why.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
 }

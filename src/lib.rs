@@ -78,6 +78,8 @@
 //! # Feature flags
 //!
 //! - `axum`: the [`Drain`] extractor and [`axum::GracefulWebSocket`].
+//! - `metrics`: the statistics through the `metrics` facade ([`metric_names`]).
+//! - `tls`: HTTPS with rustls, [`tls::TlsListener`].
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]
@@ -98,6 +100,9 @@ mod until_drain;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 pub use error::Error;
 pub use health::{Liveness, Readiness};

@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{read_to_end, read_until, send_get, End};
@@ -75,6 +75,7 @@ struct Demo {
     child: Child,
     addr: SocketAddr,
     pid: u32,
+    https: bool,
 }
 
 impl Demo {
@@ -100,6 +101,7 @@ impl Demo {
         let line = line.trim_end();
         let rest = line
             .strip_prefix("serving on http://")
+            .or_else(|| line.strip_prefix("serving on https://"))
             .unwrap_or_else(|| panic!("unexpected start line {line:?}"));
         let (addr, tail) = rest.split_once("/ with pid ").expect("start line shape");
         assert_eq!(tail, pid.to_string(), "start line pid: {line:?}");
@@ -110,7 +112,13 @@ impl Demo {
             0,
             "the bound port is printed, not the requested one"
         );
-        Demo { child, addr, pid }
+        let https = line.starts_with("serving on https://");
+        Demo {
+            child,
+            addr,
+            pid,
+            https,
+        }
     }
 
     fn signal(&self, signal: &str) {
@@ -579,4 +587,104 @@ async fn healthz_fails_during_the_drain_delay_while_requests_are_still_served() 
     );
     let took = exited - signalled;
     assert!(took >= Duration::from_millis(2_500), "{took:?}");
+}
+
+/// Writes a certificate for localhost and its key to a temporary directory.
+fn cert_files(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("httpdown-demo-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key, certified.cert.der().to_vec())
+}
+
+#[tokio::test]
+async fn over_tls_a_slow_request_completes_across_sigterm() {
+    use httpdown::tls::rustls::pki_types::{CertificateDer, ServerName};
+    use httpdown::tls::rustls::{self, ClientConfig, RootCertStore};
+
+    let (cert, key, der) = cert_files("tls");
+    let demo = Demo::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(demo.https, "the start line says https");
+    let pid = demo.pid;
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(der)).unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(demo.addr).await.unwrap();
+    let mut conn = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    send_get(&mut conn, "/?duration=1s").await;
+    read_until(&mut conn, &format!("going to sleep 1s with pid {pid}\n")).await;
+    demo.signal("TERM");
+    let (rest, end) = read_to_end(&mut conn).await;
+    assert!(
+        rest.contains(&format!("slept 1s with pid {pid}\n")),
+        "{rest:?}"
+    );
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    assert_eq!(end, End::Eof, "closed with close_notify");
+    let (status, stderr, _) = demo.exit().await;
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        report_line(&stderr).starts_with("shutdown drained"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+}
+
+#[tokio::test]
+async fn tls_self_signed_serves_https_and_bad_tls_flags_exit_with_status_2() {
+    let demo = Demo::start(&["--tls-self-signed"]).await;
+    assert!(demo.https);
+    demo.signal("TERM");
+    let (status, stderr, _) = demo.exit().await;
+    assert!(status.success(), "{status}: {stderr}");
+
+    let (cert, _key, _) = cert_files("bad");
+    let missing = cert.with_file_name("missing-key.pem");
+    for (flags, needle) in [
+        (
+            vec![
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                missing.to_str().unwrap(),
+            ],
+            "missing-key.pem",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                cert.to_str().unwrap(),
+            ],
+            "cannot read a private key",
+        ),
+        (vec!["--tls-cert", cert.to_str().unwrap()], "--tls-key"),
+    ] {
+        let output = run_to_exit(&flags).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(needle), "{flags:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flags:?}: nothing served");
+    }
+    let _ = std::fs::remove_dir_all(cert.parent().unwrap());
 }
