@@ -1,0 +1,93 @@
+//! The hello-world server of the load benchmark (`benches/load.sh`).
+//!
+//! ```text
+//! cargo run --release --example bench_server -- --server httpdown --addr 127.0.0.1:0
+//! ```
+//!
+//! Prints the bound address on its first line of standard output, then serves
+//! `GET /` -> `Hello, World!` over HTTP/1.1 and HTTP/2 (h2c, prior knowledge) until it is
+//! killed. The same axum `Router` is served by one of:
+//!
+//! - `httpdown`: `httpdown::serve` with `Shutdown::layer` added to the router;
+//! - `axum`: `axum::serve` with `TCP_NODELAY` set on every accepted socket;
+//! - `axum-layer`: the same `axum::serve`, with `Shutdown::layer` added to the router
+//!   (the cost of the layer alone).
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use clap::{Parser, ValueEnum};
+
+/// Which server serves the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Server {
+    /// `httpdown::serve`, with the layer.
+    Httpdown,
+    /// `axum::serve` with `TCP_NODELAY`.
+    Axum,
+    /// `axum::serve` with `TCP_NODELAY` and the layer.
+    AxumLayer,
+}
+
+/// Serves a hello-world router for load tests.
+#[derive(Debug, Parser)]
+#[command(name = "bench_server")]
+struct Args {
+    /// Which server to run.
+    #[arg(long, value_enum)]
+    server: Server,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "Hello, World!" }))
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", listener.local_addr()?)?;
+    out.flush()?;
+    drop(out);
+
+    let shutdown = httpdown::Shutdown::new();
+    match args.server {
+        Server::Httpdown => {
+            let app = app().layer(shutdown.layer());
+            httpdown::serve(listener, app, &shutdown)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        Server::Axum => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app()).await?;
+        }
+        Server::AxumLayer => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app().layer(shutdown.layer())).await?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers);
+    }
+    runtime.build()?.block_on(run(args))
+}
