@@ -42,6 +42,8 @@ pub(crate) struct ConnState {
     /// Requests started on this connection so far.
     started: AtomicU64,
     started_notify: Notify,
+    /// Notified when the last request in flight ends.
+    idle_notify: Notify,
     /// The client spoke the HTTP/2 preface.
     http2: AtomicBool,
     /// A response switched protocols: the socket now belongs to an upgrade task.
@@ -75,6 +77,7 @@ impl ConnState {
             }),
             started: AtomicU64::new(0),
             started_notify: Notify::new(),
+            idle_notify: Notify::new(),
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             probe: AtomicU8::new(PROBE_NONE),
@@ -115,6 +118,22 @@ impl ConnState {
         if activity.active == 0 {
             activity.idle_since = Instant::now();
             self.set_kind(&mut activity, ConnKind::Idle);
+            drop(activity);
+            self.idle_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once no request is in flight on this connection.
+    pub(crate) async fn became_idle(&self) {
+        loop {
+            let notified = self.idle_notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so an end between the two is not missed.
+            notified.as_mut().enable();
+            if !self.is_busy() {
+                return;
+            }
+            notified.await;
         }
     }
 

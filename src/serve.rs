@@ -423,10 +423,24 @@ async fn serve_connection<I, S, B>(
             // Busy HTTP/1 connections close after the current response, with
             // `Connection: close`; HTTP/2 gets GOAWAY. An idle HTTP/1 connection (or one
             // that has sent nothing) closes now, unless a request is already on it.
-            let hold = if state.is_http2() || state.is_busy() || state.is_upgraded() {
+            let drain_at = Instant::now();
+            let http1 = !state.is_http2() && !state.is_upgraded();
+            if http1 && state.is_busy() && idle_close != IdleClose::Immediately {
+                // A response begun before drain start carries no `Connection: close`, and
+                // its client may reuse the connection at once: rather than close under
+                // it, treat the connection as idle once that response is done. Responses
+                // begun from now on carry `Connection: close`, and hyper closes after them.
+                tokio::select! {
+                    biased;
+                    _ = force.cancelled() => return,
+                    result = conn.as_mut() => return log_end(result),
+                    _ = state.became_idle() => {}
+                }
+            }
+            let hold = if !http1 || state.is_busy() {
                 None
             } else {
-                idle_hold(conn.as_mut(), &state, idle_close).await
+                idle_hold(conn.as_mut(), &state, idle_close, drain_at).await
             };
             match hold {
                 Some(Hold::Finished(result)) => return log_end(result),
@@ -473,6 +487,7 @@ async fn idle_hold<F>(
     mut conn: Pin<&mut F>,
     state: &ConnState,
     idle_close: IdleClose,
+    drain_at: Instant,
 ) -> Option<Hold>
 where
     F: Future<Output = Result<(), BoxError>>,
@@ -491,7 +506,7 @@ where
     match idle_close {
         IdleClose::Immediately => None,
         IdleClose::MinIdleAge(age) => Some(Hold::Until(state.idle_since() + age)),
-        IdleClose::AfterNextRequest(wait) => Some(Hold::Until(Instant::now() + wait)),
+        IdleClose::AfterNextRequest(wait) => Some(Hold::Until(drain_at + wait)),
     }
 }
 

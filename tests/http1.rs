@@ -311,3 +311,32 @@ async fn a_close_with_unread_input_lingers_so_a_slow_reader_gets_the_whole_respo
     let report = server.await.unwrap().unwrap();
     assert_eq!(report.outcome(), Outcome::Drained);
 }
+
+/// B23, `AfterNextRequest` on a connection busy at drain start: its response began before
+/// drain start and so carries no `Connection: close`; the connection is not closed under
+/// a client about to reuse it, but kept for one more request, served with
+/// `Connection: close`.
+#[tokio::test(start_paused = true)]
+async fn after_next_request_keeps_a_busy_connection_for_its_next_request() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .idle_close(IdleClose::AfterNextRequest(Duration::from_secs(2)))
+            .into_future(),
+    );
+    let mut conn = connector.connect();
+    send_get(&mut conn, "/slow?ms=500").await;
+    read_until(&mut conn, "start\n").await;
+    shutdown.trigger();
+    let text = read_until(&mut conn, "0\r\n\r\n").await;
+    assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send_get(&mut conn, "/").await;
+    let (text, end) = read_to_end(&mut conn).await;
+    assert_eq!(status_lines(&text), ["HTTP/1.1 200 OK"], "{text:?}");
+    assert!(text.to_ascii_lowercase().contains("connection: close\r\n"), "{text:?}");
+    assert_eq!(end, End::Eof);
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(report.outcome(), Outcome::Drained);
+}
