@@ -753,6 +753,8 @@ mod tests {
         let shutdown = Shutdown::builder()
             .stop_timeout(Timeout::Never)
             .kill_timeout(Timeout::Never)
+            // On paused time, a progress line a second for a year is 31 million wake-ups.
+            .progress_interval(None)
             .build();
         let held = stuck_request(&shutdown).await;
         shutdown.trigger();
