@@ -12,13 +12,6 @@ use httpdown::{Error, IdleClose, Outcome, Shutdown};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
-}
-
 /// Splits raw HTTP/1 responses read from one connection into their status lines.
 fn status_lines(text: &str) -> Vec<&str> {
     text.split("\r\n")
@@ -330,12 +323,18 @@ async fn after_next_request_keeps_a_busy_connection_for_its_next_request() {
     read_until(&mut conn, "start\n").await;
     shutdown.trigger();
     let text = read_until(&mut conn, "0\r\n\r\n").await;
-    assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     send_get(&mut conn, "/").await;
     let (text, end) = read_to_end(&mut conn).await;
     assert_eq!(status_lines(&text), ["HTTP/1.1 200 OK"], "{text:?}");
-    assert!(text.to_ascii_lowercase().contains("connection: close\r\n"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{text:?}"
+    );
     assert_eq!(end, End::Eof);
     let report = server.await.unwrap().unwrap();
     assert_eq!(report.outcome(), Outcome::Drained);

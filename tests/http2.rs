@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use common::*;
-use httpdown::{Outcome, Shutdown};
+use httpdown::Outcome;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -39,13 +39,6 @@ const PADDED: u8 = 0x8;
 /// 2^31-1: the last-stream-id of the first GOAWAY of a two-step shutdown.
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 const NO_ERROR: u32 = 0;
-
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
-}
 
 /// The test app plus `/hit`, which counts the calls of its handler.
 fn counting_app(hits: Arc<AtomicUsize>) -> Router {

@@ -12,44 +12,50 @@ use std::time::Duration;
 
 use common::*;
 use httpdown::{metric_names as names, Outcome, Shutdown};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 
-#[test]
-fn a_forced_shutdown_records_every_statistic() {
+/// Runs `test` on a paused current-thread runtime with a debugging recorder installed
+/// for this thread, and returns what it recorded.
+fn recorded(test: impl std::future::Future<Output = ()>) -> Snapshotter {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
-            .unwrap();
-        runtime.block_on(async {
-            let shutdown = Shutdown::builder()
-                .stop_timeout(Duration::from_secs(2))
-                .kill_timeout(Duration::from_secs(1))
-                .build();
-            let (listener, connector) = channel_listener();
-            let server = tokio::spawn(
-                httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
-            );
-            let mut idle = connector.connect();
-            send_get(&mut idle, "/").await;
-            read_until(&mut idle, "hello").await;
-            let mut streaming = connector.connect();
-            send_get(&mut streaming, "/stream").await;
-            read_until(&mut streaming, "tick\n").await;
-            shutdown.trigger();
-            let report = server.await.unwrap().unwrap();
-            assert_eq!(
-                report.outcome(),
-                Outcome::Forced {
-                    connections: 1,
-                    requests: 1
-                }
-            );
-        });
+            .unwrap()
+            .block_on(test)
+    });
+    snapshotter
+}
+
+#[test]
+fn a_forced_shutdown_records_every_statistic() {
+    let snapshotter = recorded(async {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(2))
+            .kill_timeout(Duration::from_secs(1))
+            .build();
+        let (listener, connector) = channel_listener();
+        let server =
+            tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+        let mut idle = connector.connect();
+        send_get(&mut idle, "/").await;
+        read_until(&mut idle, "hello").await;
+        let mut streaming = connector.connect();
+        send_get(&mut streaming, "/stream").await;
+        read_until(&mut streaming, "tick\n").await;
+        shutdown.trigger();
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(
+            report.outcome(),
+            Outcome::Forced {
+                connections: 1,
+                requests: 1
+            }
+        );
     });
 
     let mut values = HashMap::new();
@@ -102,35 +108,26 @@ fn a_forced_shutdown_records_every_statistic() {
 fn giving_up_at_the_kill_deadline_is_counted() {
     use tower::{Layer, ServiceExt};
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let shutdown = Shutdown::builder()
-                .stop_timeout(Duration::from_secs(1))
-                .kill_timeout(Duration::from_secs(1))
-                .build();
-            let svc = shutdown
-                .layer()
-                .layer(tower::service_fn(|_: http::Request<()>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"kept")),
-                    ))
-                }));
-            let kept = svc.oneshot(http::Request::new(())).await.unwrap();
-            shutdown.trigger();
-            let report = shutdown.wait().await;
-            assert!(matches!(
-                report.outcome(),
-                Outcome::GaveUp { requests: 1, .. }
-            ));
-            drop(kept);
-        });
+    let snapshotter = recorded(async {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(1))
+            .kill_timeout(Duration::from_secs(1))
+            .build();
+        let svc = shutdown
+            .layer()
+            .layer(tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"kept"),
+                )))
+            }));
+        let kept = svc.oneshot(http::Request::new(())).await.unwrap();
+        shutdown.trigger();
+        let report = shutdown.wait().await;
+        assert!(matches!(
+            report.outcome(),
+            Outcome::GaveUp { requests: 1, .. }
+        ));
+        drop(kept);
     });
     let found = snapshotter
         .snapshot()

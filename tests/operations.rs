@@ -91,12 +91,6 @@ async fn during_the_drain_delay_readiness_fails_and_requests_are_served_normally
     assert_eq!(report.drain(), Duration::from_millis(500));
 }
 
-async fn get_request_on(connector: &Connector, path: &str) -> tokio::io::DuplexStream {
-    let mut conn = connector.connect();
-    send_get(&mut conn, path).await;
-    conn
-}
-
 /// B30: one shutdown coordinates two servers (a public and an admin port): both close
 /// their listeners at drain start, both drain, and both return the same report.
 #[tokio::test]

@@ -13,12 +13,6 @@ use std::time::Duration;
 use common::*;
 use httpdown::{Outcome, Shutdown};
 
-async fn get_request_on(connector: &Connector, path: &str) -> tokio::io::DuplexStream {
-    let mut conn = connector.connect();
-    send_get(&mut conn, path).await;
-    conn
-}
-
 /// A `MakeWriter` that keeps what the subscriber writes.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -15,13 +15,6 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
-}
-
 async fn wait_for(cond: impl Fn() -> bool) {
     tokio::time::timeout(BOUND, async {
         while !cond() {

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use common::*;
 use futures_util::{stream, Stream};
-use httpdown::{Drain, Outcome, Shutdown};
+use httpdown::{Drain, Outcome};
 use tokio::time::Instant;
 
 fn ticks() -> impl Stream<Item = Result<Event, Infallible>> {
@@ -33,13 +33,6 @@ fn sse_app() -> Router {
             }),
         )
         .route("/ignores-drain", get(|| async { Sse::new(ticks()) }))
-}
-
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
 }
 
 /// B26: at drain start the event stream sends its last event and ends with the

@@ -68,13 +68,6 @@ where
         .expect("TLS handshake")
 }
 
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
-}
-
 async fn start_tls(
     shutdown: &Shutdown,
 ) -> (

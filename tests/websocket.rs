@@ -14,7 +14,7 @@ use axum::Router;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use httpdown::axum::GracefulWebSocket;
-use httpdown::{Drain, Outcome, Shutdown};
+use httpdown::{Drain, Outcome};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -54,13 +54,6 @@ fn ws_app() -> Router {
             "/phase",
             get(|drain: Drain| async move { drain.phase().to_string() }),
         )
-}
-
-fn shutdown(stop: Duration) -> Shutdown {
-    Shutdown::builder()
-        .stop_timeout(stop)
-        .kill_timeout(Duration::from_secs(1))
-        .build()
 }
 
 /// B25 with the helper, over a real socket: the client gets a Close frame with 1001, answers

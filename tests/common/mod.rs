@@ -63,6 +63,14 @@ async fn endless() -> Body {
     Body::from_stream(ticks)
 }
 
+/// A controller with `stop` as its stop timeout and a 1 s kill timeout.
+pub fn shutdown(stop: Duration) -> Shutdown {
+    Shutdown::builder()
+        .stop_timeout(stop)
+        .kill_timeout(Duration::from_secs(1))
+        .build()
+}
+
 /// Binds 127.0.0.1:0 and serves `app` in a task.
 pub async fn start(
     app: Router,
@@ -152,6 +160,13 @@ pub struct Connector {
 pub fn channel_listener() -> (ChannelListener, Connector) {
     let (tx, rx) = mpsc::unbounded_channel();
     (ChannelListener { rx }, Connector { tx })
+}
+
+/// Connects through `connector` and sends `GET path` with keep-alive.
+pub async fn get_request_on(connector: &Connector, path: &str) -> DuplexStream {
+    let mut conn = connector.connect();
+    send_get(&mut conn, path).await;
+    conn
 }
 
 impl Connector {
