@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example bench_shutdown -- idle --conns 100,1000,10000 --reps 5
 //! cargo run --release --example bench_shutdown -- last-response --reps 10
-//! cargo run --release --example bench_shutdown -- force --in-flight 1000 --reps 5
+//! cargo run --release --example bench_shutdown -- force --in-flight 100,1000 --reps 5
 //! cargo run --release --example bench_shutdown -- memory --server httpdown --conns 10000
 //! ```
 //!
@@ -93,9 +93,9 @@ enum Mode {
     },
     /// Lateness of the force-close after the stop deadline, N requests in flight.
     Force {
-        /// Requests in flight (one per connection) that never finish.
-        #[arg(long, default_value_t = 1000)]
-        in_flight: usize,
+        /// Requests in flight (one per connection) that never finish, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        in_flight: Vec<usize>,
         /// Repetitions of each case.
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -438,9 +438,9 @@ async fn last_response(reps: usize, slow: Duration) {
     }
 }
 
-async fn force(in_flight: usize, reps: usize, stop_timeout: Duration) {
+async fn force(counts: &[usize], reps: usize, stop_timeout: Duration) {
     let mut clients = Clients::spawn();
-    for rep in 0..reps {
+    for (rep, &in_flight) in (0..reps).flat_map(|rep| counts.iter().map(move |n| (rep, n))) {
         let kinds = if rep % 2 == 0 {
             [Kind::Httpdown, Kind::AxumLayer]
         } else {
@@ -524,7 +524,7 @@ fn main() {
                 in_flight,
                 reps,
                 stop_timeout,
-            } => force(in_flight, reps, stop_timeout).await,
+            } => force(&in_flight, reps, stop_timeout).await,
             Mode::Memory { server, conns } => memory(server, conns).await,
             Mode::Client => unreachable!("handled before the runtime starts"),
         }

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::IntoFuture;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -125,24 +126,28 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(args.addr);
-    let mut stdout = std::io::stdout();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let app = Router::new()
+        .route("/sse", get(sse))
+        .route("/ws", get(ws))
+        .route_service("/healthz", shutdown.readiness())
+        .fallback(sleep);
+    // Built before the start line: a signal sent as soon as the line is read drains this
+    // server instead of finishing the shutdown before it starts.
+    let serving = match tls {
+        Some(config) => {
+            httpdown::serve(TlsListener::new(listener, config), app, &shutdown).into_future()
+        }
+        None => httpdown::serve(listener, app, &shutdown).into_future(),
+    };
+    let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
         "serving on {scheme}://{addr}/ with pid {}",
         std::process::id()
     );
     let _ = stdout.flush();
-
-    let app = Router::new()
-        .route("/sse", get(sse))
-        .route("/ws", get(ws))
-        .route_service("/healthz", shutdown.readiness())
-        .fallback(sleep);
-    let served = match tls {
-        Some(config) => httpdown::serve(TlsListener::new(listener, config), app, &shutdown).await,
-        None => httpdown::serve(listener, app, &shutdown).await,
-    };
+    let served = serving.await;
     match served {
         Ok(report) => {
             eprintln!("{report}");

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
@@ -149,7 +150,11 @@ impl Listener for tokio::net::UnixListener {
 /// deadline the connection tasks are dropped, which closes their sockets. `serve` returns
 /// the moment the shutdown is done.
 ///
-/// `serve` returns a builder: set options, then `.await` it.
+/// `serve` returns a builder: set options, then `.await` it. From the moment it is built,
+/// the shutdown waits for it: a trigger that lands before it is awaited still lets it
+/// start, close its listener and drain (build it before announcing readiness, and a
+/// signal right after cannot make it fail). A `Serve` built but never awaited holds the
+/// drain until it is dropped.
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -177,6 +182,7 @@ pub fn serve<L, S>(listener: L, app: S, shutdown: &Shutdown) -> Serve<L, S> {
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
         idle_close: IdleClose::Immediately,
+        registration: shutdown.inner.servers.token(),
     }
 }
 
@@ -218,11 +224,14 @@ where
             addr: addr.to_string(),
             source,
         })?;
-    shutdown.trigger_on_signals()?;
     if let Ok(local) = listener.local_addr() {
         tracing::info!(addr = %local, "serving");
     }
-    serve(listener, app, shutdown).await
+    // Built first: a signal from here on drains this server rather than finishing the
+    // shutdown before it starts.
+    let serving = serve(listener, app, shutdown);
+    shutdown.trigger_on_signals()?;
+    serving.await
 }
 
 /// The builder [`serve`] returns. `.await` it to serve.
@@ -233,6 +242,8 @@ pub struct Serve<L, S> {
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
     idle_close: IdleClose,
+    /// Keeps the shutdown from finishing before this server has started.
+    registration: TaskTrackerToken,
 }
 
 impl<L, S> Serve<L, S> {
@@ -315,6 +326,7 @@ impl<L, S> Serve<L, S> {
             shutdown,
             header_read_timeout,
             idle_close,
+            registration,
         } = self;
         if shutdown.inner.is_done() {
             return Err(Error::AlreadyShutDown);
@@ -390,6 +402,7 @@ impl<L, S> Serve<L, S> {
         }
         // Closing the listener: new connects are refused from here on.
         drop(listener);
+        drop(registration);
         Ok(shutdown.wait().await)
     }
 }

@@ -186,6 +186,7 @@ impl Builder {
                 requests: TaskTracker::new(),
                 connections: TaskTracker::new(),
                 tasks: TaskTracker::new(),
+                servers: TaskTracker::new(),
                 driver_started: AtomicBool::new(false),
                 runtime: Handle::try_current().ok(),
                 counters: Counters::default(),
@@ -248,6 +249,9 @@ pub(crate) struct Inner {
     pub(crate) connections: TaskTracker,
     /// Tasks spawned on behalf of connections (HTTP/2 streams).
     pub(crate) tasks: TaskTracker,
+    /// One token per `serve` built and not yet past its accept loop: a trigger that
+    /// lands before a server starts still waits for it to start and close its listener.
+    pub(crate) servers: TaskTracker,
     driver_started: AtomicBool,
     runtime: Option<Handle>,
     /// Connection and request counters for [`Shutdown::stats`].
@@ -479,6 +483,7 @@ impl Inner {
     async fn all_finished(&self) {
         self.connections.wait().await;
         self.tasks.wait().await;
+        self.servers.wait().await;
         self.requests.wait().await;
     }
 
@@ -519,6 +524,7 @@ impl Inner {
         let (connections_at_drain, requests_at_drain) = self.left();
         self.connections.close();
         self.tasks.close();
+        self.servers.close();
         self.requests.close();
         self.drain.cancel();
         metrics_impl::drain_started();

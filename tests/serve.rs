@@ -452,3 +452,26 @@ async fn the_kill_deadline_gives_up_on_a_handler_blocking_its_thread() {
     );
     drop(server);
 }
+
+/// A trigger that lands after `serve` is built but before it runs (a signal right after
+/// the server announced itself) still lets it start and drain: `Ok`, not an error.
+#[tokio::test]
+async fn a_trigger_before_serve_runs_still_drains_it() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serving = httpdown::serve(listener, app(Arc::default()), &shutdown);
+    shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(shutdown.report().is_none(), "finished before its server started");
+    let report = serving.await.expect("served and drained");
+    assert_eq!(report.outcome(), Outcome::Drained);
+
+    // Dropping a Serve never awaited releases the shutdown.
+    let shutdown = self::shutdown(Duration::from_secs(5));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let serving = httpdown::serve(listener, app(Arc::default()), &shutdown);
+    shutdown.trigger();
+    drop(serving);
+    let report = tokio::time::timeout(BOUND, shutdown.wait()).await.unwrap();
+    assert_eq!(report.outcome(), Outcome::Drained);
+}
