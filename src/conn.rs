@@ -50,6 +50,13 @@ pub(crate) struct ConnState {
     upgraded: AtomicBool,
     /// A request for the IO to look for unread input on its next read (`PROBE_*`).
     probe: AtomicU8,
+    /// Set while the connection task waits on `request_started` or `became_idle`, so
+    /// requests only pay for a notification when someone listens.
+    watching: AtomicBool,
+    /// Child tokens of the shutdown's drain and force tokens: waiting on them locks a
+    /// mutex no other connection uses.
+    drain: CancellationToken,
+    force: CancellationToken,
     shutdown: Arc<Inner>,
 }
 
@@ -81,6 +88,9 @@ impl ConnState {
             http2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             probe: AtomicU8::new(PROBE_NONE),
+            watching: AtomicBool::new(false),
+            drain: shutdown.drain.child_token(),
+            force: shutdown.force.child_token(),
             shutdown,
         })
     }
@@ -107,8 +117,12 @@ impl ConnState {
         }
         // Release pairs with the Acquire in `requests_started`: a waiter that reads the
         // new count also sees the request as active.
-        self.started.fetch_add(1, Ordering::Release);
-        self.started_notify.notify_waiters();
+        self.started.fetch_add(1, Ordering::SeqCst);
+        // SeqCst with the waiter's store of `watching` and load of `started`: either
+        // the waiter sees the new count, or this sees it watching.
+        if self.watching.load(Ordering::SeqCst) {
+            self.started_notify.notify_waiters();
+        }
     }
 
     /// A request on this connection ended (its response body ended or was dropped).
@@ -119,12 +133,15 @@ impl ConnState {
             activity.idle_since = Instant::now();
             self.set_kind(&mut activity, ConnKind::Idle);
             drop(activity);
-            self.idle_notify.notify_waiters();
+            if self.watching.load(Ordering::SeqCst) {
+                self.idle_notify.notify_waiters();
+            }
         }
     }
 
     /// Resolves once no request is in flight on this connection.
     pub(crate) async fn became_idle(&self) {
+        self.watching.store(true, Ordering::SeqCst);
         loop {
             let notified = self.idle_notify.notified();
             tokio::pin!(notified);
@@ -154,6 +171,21 @@ impl ConnState {
         self.activity().idle_since
     }
 
+    /// The shutdown this connection belongs to.
+    pub(crate) fn shutdown(&self) -> &Arc<Inner> {
+        &self.shutdown
+    }
+
+    /// This connection's child of the shutdown's drain token.
+    pub(crate) fn drain(&self) -> &CancellationToken {
+        &self.drain
+    }
+
+    /// This connection's child of the shutdown's force token.
+    pub(crate) fn force(&self) -> &CancellationToken {
+        &self.force
+    }
+
     pub(crate) fn is_http2(&self) -> bool {
         self.http2.load(Ordering::Relaxed)
     }
@@ -169,11 +201,12 @@ impl ConnState {
     }
 
     fn requests_started(&self) -> u64 {
-        self.started.load(Ordering::Acquire)
+        self.started.load(Ordering::SeqCst)
     }
 
     /// Resolves once a request starts after this call.
     pub(crate) async fn request_started(&self) {
+        self.watching.store(true, Ordering::SeqCst);
         let seen = self.requests_started();
         loop {
             let notified = self.started_notify.notified();
@@ -221,9 +254,8 @@ pub(crate) struct ConnIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     token: Option<TaskTrackerToken>,
     peek: PeekFn<I>,
     first_read: bool,
-    /// Created once the connection is upgraded: a child token of the force token, so
-    /// waiting on it does not contend with every other connection.
-    force: Option<(CancellationToken, Pin<Box<WaitForCancellationFutureOwned>>)>,
+    /// Created once the connection is upgraded, on the connection's own force token.
+    force: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
@@ -257,11 +289,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
         if !self.state.is_upgraded() {
             return Ok(());
         }
-        let (_, wait) = self.force.get_or_insert_with(|| {
-            let token = self.shutdown.force.child_token();
-            let wait = Box::pin(token.clone().cancelled_owned());
-            (token, wait)
-        });
+        let state = &self.state;
+        let wait = self
+            .force
+            .get_or_insert_with(|| Box::pin(state.force().clone().cancelled_owned()));
         match wait.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -337,8 +368,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
             return;
         };
         let shutdown = &self.shutdown;
-        self.state.closed(shutdown.force.is_cancelled());
-        if !shutdown.drain.is_cancelled() || shutdown.force.is_cancelled() || !(self.peek)(&io) {
+        let forced = shutdown.is_forced();
+        self.state.closed(forced);
+        // An idle connection just found empty and closed at drain start has nothing to
+        // protect: no response is on its way to the client.
+        let closed_idle = self.state.probe_result() == Some(false) && !self.state.is_busy();
+        if !shutdown.is_draining() || forced || closed_idle || !(self.peek)(&io) {
             return;
         }
         // Closing a socket with unread input makes the kernel send a reset, which can
@@ -347,7 +382,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let force = shutdown.force.clone();
+        let force = self.state.force().clone();
         runtime.spawn(async move {
             let _token = token;
             let linger = async {

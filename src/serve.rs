@@ -23,7 +23,6 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::conn::{ConnIo, ConnState};
-use crate::shutdown::Inner;
 use crate::{BoxError, Error, Graceful, Report, Shutdown};
 
 /// When [`serve`] closes an idle HTTP/1 keep-alive connection during the drain.
@@ -380,7 +379,6 @@ impl<L, S> Serve<L, S> {
                         io,
                         app.for_connection(Arc::clone(&state)),
                         state,
-                        Arc::clone(inner),
                         idle_close,
                     ));
                 }
@@ -412,7 +410,6 @@ async fn serve_connection<I, S, B>(
     io: ConnIo<I>,
     app: Graceful<S>,
     state: Arc<ConnState>,
-    shutdown: Arc<Inner>,
     idle_close: IdleClose,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -426,13 +423,13 @@ async fn serve_connection<I, S, B>(
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
-    let force = &shutdown.force;
+    let force = state.force();
     let result = tokio::select! {
         biased;
         // Dropping the connection closes its socket: the client sees an error.
         _ = force.cancelled() => return,
         result = conn.as_mut() => result,
-        _ = shutdown.drain.cancelled() => {
+        _ = state.drain().cancelled() => {
             // Busy HTTP/1 connections close after the current response, with
             // `Connection: close`; HTTP/2 gets GOAWAY. An idle HTTP/1 connection (or one
             // that has sent nothing) closes now, unless a request is already on it.

@@ -188,6 +188,8 @@ impl Builder {
                 tasks: TaskTracker::new(),
                 servers: TaskTracker::new(),
                 driver_started: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                forced: AtomicBool::new(false),
                 runtime: Handle::try_current().ok(),
                 counters: Counters::default(),
                 times: Mutex::new(Times::default()),
@@ -243,6 +245,11 @@ pub(crate) struct Inner {
     pub(crate) force: CancellationToken,
     /// Cancelled once the report is set.
     done: CancellationToken,
+    /// Mirrors of `drain` and `force` for the per-request hot path: one atomic load,
+    /// where `CancellationToken::is_cancelled` locks the token's mutex. Each is set
+    /// (Release) just before its token is cancelled.
+    draining: AtomicBool,
+    forced: AtomicBool,
     /// One token per in-flight request (from `call` until the body ends or drops).
     pub(crate) requests: TaskTracker,
     /// One task per accepted connection.
@@ -462,6 +469,18 @@ impl Inner {
         self.done.is_cancelled()
     }
 
+    /// Drain has started (cheap: an atomic load).
+    pub(crate) fn is_draining(&self) -> bool {
+        // Acquire pairs with the Release store before `drain.cancel()`.
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The stop deadline has passed, or the shutdown was forced (cheap: an atomic load).
+    pub(crate) fn is_forced(&self) -> bool {
+        // Acquire pairs with the Release store before `force.cancel()`.
+        self.forced.load(Ordering::Acquire)
+    }
+
     fn start_driver(self: &Arc<Self>) {
         if !self.triggered.is_cancelled() {
             return;
@@ -526,6 +545,7 @@ impl Inner {
         self.tasks.close();
         self.servers.close();
         self.requests.close();
+        self.draining.store(true, Ordering::Release);
         self.drain.cancel();
         metrics_impl::drain_started();
         tracing::info!(
@@ -563,6 +583,7 @@ impl Inner {
                 kill_timeout = %self.config.kill_timeout,
                 "stop deadline: force-closing what is left"
             );
+            self.forced.store(true, Ordering::Release);
             self.force.cancel();
             metrics_impl::forced(connections);
             let kill_at = deadline(force_at, self.config.kill_timeout);

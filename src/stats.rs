@@ -60,12 +60,12 @@ pub(crate) enum ConnKind {
 }
 
 /// The counters behind [`Stats`]. Each is independent (a snapshot is not atomic across
-/// them), so `Relaxed` suffices.
+/// them), so `Relaxed` suffices. Idle connections are not counted but derived (open
+/// minus the others), so a request moves one shared counter each way, not two.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     new: AtomicUsize,
     active: AtomicUsize,
-    idle: AtomicUsize,
     upgraded: AtomicUsize,
     accepted: AtomicU64,
     closed: AtomicU64,
@@ -74,31 +74,37 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    fn gauge(&self, kind: ConnKind) -> &AtomicUsize {
+    fn gauge(&self, kind: ConnKind) -> Option<&AtomicUsize> {
         match kind {
-            ConnKind::New => &self.new,
-            ConnKind::Active => &self.active,
-            ConnKind::Idle => &self.idle,
-            ConnKind::Upgraded => &self.upgraded,
+            ConnKind::New => Some(&self.new),
+            ConnKind::Active => Some(&self.active),
+            ConnKind::Idle => None,
+            ConnKind::Upgraded => Some(&self.upgraded),
         }
     }
 
     pub(crate) fn accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
         self.new.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         metrics_impl::accepted();
     }
 
     pub(crate) fn moved(&self, from: ConnKind, to: ConnKind) {
         if from != to {
-            self.gauge(from).fetch_sub(1, Ordering::Relaxed);
-            self.gauge(to).fetch_add(1, Ordering::Relaxed);
+            if let Some(gauge) = self.gauge(from) {
+                gauge.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(gauge) = self.gauge(to) {
+                gauge.fetch_add(1, Ordering::Relaxed);
+            }
             metrics_impl::moved(from, to);
         }
     }
 
     pub(crate) fn closed(&self, kind: ConnKind, forced: bool) {
-        self.gauge(kind).fetch_sub(1, Ordering::Relaxed);
+        if let Some(gauge) = self.gauge(kind) {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
         self.closed.fetch_add(1, Ordering::Relaxed);
         if forced {
             self.force_closed.fetch_add(1, Ordering::Relaxed);
@@ -112,17 +118,24 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self, phase: Phase, in_flight: usize) -> Stats {
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        let closed = self.closed.load(Ordering::Relaxed);
+        let open = usize::try_from(accepted.saturating_sub(closed)).unwrap_or(usize::MAX);
+        let new = self.new.load(Ordering::Relaxed);
+        let active = self.active.load(Ordering::Relaxed);
+        let upgraded = self.upgraded.load(Ordering::Relaxed);
         Stats {
             phase,
             in_flight,
             connections: ConnectionStats {
-                new: self.new.load(Ordering::Relaxed),
-                active: self.active.load(Ordering::Relaxed),
-                idle: self.idle.load(Ordering::Relaxed),
-                upgraded: self.upgraded.load(Ordering::Relaxed),
+                new,
+                active,
+                // Read apart from the others: clamp rather than wrap on a torn snapshot.
+                idle: open.saturating_sub(new + active + upgraded),
+                upgraded,
             },
-            accepted: self.accepted.load(Ordering::Relaxed),
-            closed: self.closed.load(Ordering::Relaxed),
+            accepted,
+            closed,
             force_closed: self.force_closed.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
         }

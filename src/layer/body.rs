@@ -102,11 +102,11 @@ where
                 guard,
                 forced,
             } => {
-                let Some(token) = guard.as_ref().map(|g| g.inner.force.clone()) else {
+                let Some(counted) = guard.as_ref() else {
                     // Already ended: no longer counted.
                     return body.poll_frame(cx).map_err(Into::into);
                 };
-                if token.is_cancelled() {
+                if counted.is_forced() {
                     true
                 } else {
                     match body.as_mut().poll_frame(cx) {
@@ -126,7 +126,8 @@ where
                         }
                         Poll::Pending => {
                             if forced.is_none() {
-                                *forced = Some(Box::pin(token.cancelled_owned()));
+                                let token = guard.as_ref().map(|g| g.force_token().clone());
+                                *forced = token.map(|t| Box::pin(t.cancelled_owned()));
                             }
                             match forced.as_mut().map(|wait| wait.as_mut().poll(cx)) {
                                 Some(Poll::Ready(())) => true,

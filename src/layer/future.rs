@@ -104,13 +104,13 @@ where
                         result.map(|res| res.map(|b| ResponseBody::counted(b, guard))),
                     );
                 }
-                let Some(token) = guard.as_ref().map(|g| &g.inner.force) else {
+                let Some(counted) = guard.as_ref() else {
                     // Polled again after completion: nothing more to count.
                     return Poll::Pending;
                 };
-                if !token.is_cancelled() {
+                if !counted.is_forced() {
                     if forced.is_none() {
-                        *forced = Some(Box::pin(token.clone().cancelled_owned()));
+                        *forced = Some(Box::pin(counted.force_token().clone().cancelled_owned()));
                     }
                     if let Some(wait) = forced.as_mut() {
                         ready!(wait.as_mut().poll(cx));

@@ -26,20 +26,36 @@ use crate::shutdown::Inner;
 /// state when [`serve`](crate::serve()) serves it).
 struct Guard {
     _token: TaskTrackerToken,
-    inner: Arc<Inner>,
-    conn: Option<Arc<ConnState>>,
+    owner: Owner,
+}
+
+/// What a guard keeps alive: its connection's state when `serve` serves the request (a
+/// reference count only that connection's requests touch), the shutdown otherwise.
+enum Owner {
+    Conn(Arc<ConnState>),
+    Shutdown(Arc<Inner>),
 }
 
 impl Guard {
     fn new(inner: &Arc<Inner>, conn: Option<Arc<ConnState>>) -> Self {
         inner.counters.request_started();
-        if let Some(conn) = &conn {
-            conn.request_began();
-        }
+        let owner = match conn {
+            Some(conn) => {
+                conn.request_began();
+                Owner::Conn(conn)
+            }
+            None => Owner::Shutdown(Arc::clone(inner)),
+        };
         Guard {
             _token: inner.requests.token(),
-            inner: Arc::clone(inner),
-            conn,
+            owner,
+        }
+    }
+
+    fn inner(&self) -> &Inner {
+        match &self.owner {
+            Owner::Conn(conn) => conn.shutdown(),
+            Owner::Shutdown(inner) => inner,
         }
     }
 
@@ -48,10 +64,12 @@ impl Guard {
     /// task. An HTTP/1 response written after drain start carries `Connection: close`,
     /// so the connection closes right after it, whether or not hyper has been told yet.
     fn on_response<B>(&self, response: &mut Response<B>) {
-        let Some(conn) = &self.conn else { return };
+        let Owner::Conn(conn) = &self.owner else {
+            return;
+        };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             conn.mark_upgraded();
-        } else if self.inner.drain.is_cancelled() && !conn.is_http2() {
+        } else if conn.shutdown().is_draining() && !conn.is_http2() {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -59,14 +77,24 @@ impl Guard {
     }
 
     fn is_forced(&self) -> bool {
-        self.inner.force.is_cancelled()
+        self.inner().is_forced()
+    }
+
+    /// The token to wait on for the stop deadline: the connection's own child token
+    /// when `serve` serves the request (so waiting does not share a lock with every
+    /// other connection), the shutdown's otherwise.
+    fn force_token(&self) -> &tokio_util::sync::CancellationToken {
+        match &self.owner {
+            Owner::Conn(conn) => conn.force(),
+            Owner::Shutdown(inner) => &inner.force,
+        }
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         crate::stats::metrics_impl::request_ended();
-        if let Some(conn) = &self.conn {
+        if let Owner::Conn(conn) = &self.owner {
             conn.request_ended();
         }
     }
