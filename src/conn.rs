@@ -19,6 +19,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::shutdown::Inner;
 use crate::stats::ConnKind;
+use crate::Shutdown;
 
 /// How long a connection closed during the drain with unread input keeps reading (and
 /// discarding) before its socket closes, so the kernel sends FIN rather than a reset that
@@ -57,7 +58,7 @@ pub(crate) struct ConnState {
     /// mutex no other connection uses.
     drain: CancellationToken,
     force: CancellationToken,
-    shutdown: Arc<Inner>,
+    shutdown: Shutdown,
 }
 
 #[derive(Debug)]
@@ -73,8 +74,8 @@ struct Activity {
 
 impl ConnState {
     /// The state of a connection just accepted.
-    pub(crate) fn new(shutdown: Arc<Inner>) -> Arc<Self> {
-        shutdown.counters.accepted();
+    pub(crate) fn new(shutdown: Shutdown) -> Arc<Self> {
+        shutdown.inner.counters.accepted();
         Arc::new(ConnState {
             activity: Mutex::new(Activity {
                 active: 0,
@@ -89,8 +90,8 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             probe: AtomicU8::new(PROBE_NONE),
             watching: AtomicBool::new(false),
-            drain: shutdown.drain.child_token(),
-            force: shutdown.force.child_token(),
+            drain: shutdown.inner.drain.child_token(),
+            force: shutdown.inner.force.child_token(),
             shutdown,
         })
     }
@@ -103,7 +104,7 @@ impl ConnState {
         // An upgraded connection stays upgraded until it closes; a request that ends
         // after its connection closed (a body dropped late) changes nothing.
         if activity.kind != ConnKind::Upgraded && !activity.closed {
-            self.shutdown.counters.moved(activity.kind, kind);
+            self.shutdown.inner.counters.moved(activity.kind, kind);
             activity.kind = kind;
         }
     }
@@ -159,7 +160,7 @@ impl ConnState {
         let mut activity = self.activity();
         if !activity.closed {
             activity.closed = true;
-            self.shutdown.counters.closed(activity.kind, forced);
+            self.shutdown.inner.counters.closed(activity.kind, forced);
         }
     }
 
@@ -172,7 +173,7 @@ impl ConnState {
     }
 
     /// The shutdown this connection belongs to.
-    pub(crate) fn shutdown(&self) -> &Arc<Inner> {
+    pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
 

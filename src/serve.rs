@@ -365,7 +365,7 @@ impl<L, S> Serve<L, S> {
             match accepted {
                 Ok((io, peer)) => {
                     tracing::trace!(?peer, "accepted");
-                    let state = ConnState::new(Arc::clone(inner));
+                    let state = ConnState::new(shutdown.clone());
                     let io = ConnIo::new(
                         io,
                         Arc::clone(&state),

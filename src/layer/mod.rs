@@ -26,36 +26,42 @@ use crate::shutdown::Inner;
 /// state when [`serve`](crate::serve()) serves it).
 struct Guard {
     _token: TaskTrackerToken,
-    owner: Owner,
+    bound: Bound,
 }
 
-/// What a guard keeps alive: its connection's state when `serve` serves the request (a
-/// reference count only that connection's requests touch), the shutdown otherwise.
-enum Owner {
+/// What a layer, its requests and their `Drain` hold on to: the connection's state when
+/// `serve` serves them (a reference count only that connection's requests touch, where
+/// the shared controller's would be bumped by every request on every core), the
+/// controller otherwise.
+#[derive(Clone)]
+pub(crate) enum Bound {
+    Shutdown(crate::Shutdown),
     Conn(Arc<ConnState>),
-    Shutdown(Arc<Inner>),
 }
 
-impl Guard {
-    fn new(inner: &Arc<Inner>, conn: Option<Arc<ConnState>>) -> Self {
-        inner.counters.request_started();
-        let owner = match conn {
-            Some(conn) => {
-                conn.request_began();
-                Owner::Conn(conn)
-            }
-            None => Owner::Shutdown(Arc::clone(inner)),
-        };
-        Guard {
-            _token: inner.requests.token(),
-            owner,
+impl Bound {
+    pub(crate) fn shutdown(&self) -> &crate::Shutdown {
+        match self {
+            Bound::Shutdown(shutdown) => shutdown,
+            Bound::Conn(conn) => conn.shutdown(),
         }
     }
 
     fn inner(&self) -> &Inner {
-        match &self.owner {
-            Owner::Conn(conn) => conn.shutdown(),
-            Owner::Shutdown(inner) => inner,
+        &self.shutdown().inner
+    }
+}
+
+impl Guard {
+    fn new(bound: &Bound) -> Self {
+        let inner = bound.inner();
+        inner.counters.request_started();
+        if let Bound::Conn(conn) = bound {
+            conn.request_began();
+        }
+        Guard {
+            _token: inner.requests.token(),
+            bound: bound.clone(),
         }
     }
 
@@ -64,12 +70,12 @@ impl Guard {
     /// task. An HTTP/1 response written after drain start carries `Connection: close`,
     /// so the connection closes right after it, whether or not hyper has been told yet.
     fn on_response<B>(&self, response: &mut Response<B>) {
-        let Owner::Conn(conn) = &self.owner else {
+        let Bound::Conn(conn) = &self.bound else {
             return;
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             conn.mark_upgraded();
-        } else if conn.shutdown().is_draining() && !conn.is_http2() {
+        } else if conn.shutdown().inner.is_draining() && !conn.is_http2() {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -77,16 +83,16 @@ impl Guard {
     }
 
     fn is_forced(&self) -> bool {
-        self.inner().is_forced()
+        self.bound.inner().is_forced()
     }
 
     /// The token to wait on for the stop deadline: the connection's own child token
     /// when `serve` serves the request (so waiting does not share a lock with every
     /// other connection), the shutdown's otherwise.
     fn force_token(&self) -> &tokio_util::sync::CancellationToken {
-        match &self.owner {
-            Owner::Conn(conn) => conn.force(),
-            Owner::Shutdown(inner) => &inner.force,
+        match &self.bound {
+            Bound::Conn(conn) => conn.force(),
+            Bound::Shutdown(shutdown) => &shutdown.inner.force,
         }
     }
 }
@@ -94,7 +100,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         crate::stats::metrics_impl::request_ended();
-        if let Owner::Conn(conn) = &self.owner {
+        if let Bound::Conn(conn) = &self.bound {
             conn.request_ended();
         }
     }

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Guard, ResponseFuture};
+use super::{Bound, Guard, ResponseFuture};
 use crate::conn::ConnState;
 use crate::{Phase, Shutdown, UntilDrain};
 
@@ -82,9 +82,8 @@ impl<S> Layer<S> for GracefulLayer {
 #[derive(Clone)]
 pub struct Graceful<S> {
     inner: S,
-    shutdown: Shutdown,
-    /// The connection this service serves, when `serve` made it.
-    conn: Option<Arc<ConnState>>,
+    /// The controller, or the connection this service serves when `serve` made it.
+    bound: Bound,
 }
 
 impl<S> Graceful<S> {
@@ -92,8 +91,7 @@ impl<S> Graceful<S> {
     pub fn new(inner: S, shutdown: Shutdown) -> Self {
         Graceful {
             inner,
-            shutdown,
-            conn: None,
+            bound: Bound::Shutdown(shutdown),
         }
     }
 
@@ -104,14 +102,13 @@ impl<S> Graceful<S> {
     {
         Graceful {
             inner: self.inner.clone(),
-            shutdown: self.shutdown.clone(),
-            conn: Some(conn),
+            bound: Bound::Conn(conn),
         }
     }
 
     /// The controller this middleware counts for.
     pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
+        self.bound.shutdown()
     }
 
     /// A reference to the inner service.
@@ -134,7 +131,7 @@ impl<S: fmt::Debug> fmt::Debug for Graceful<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Graceful")
             .field("inner", &self.inner)
-            .field("shutdown", &self.shutdown)
+            .field("shutdown", self.shutdown())
             .finish()
     }
 }
@@ -156,18 +153,18 @@ where
         // An outer `Graceful` of the same controller (for example the one `serve` adds)
         // already counts this request: pass it through rather than count it twice.
         if let Some(drain) = req.extensions().get::<Drain>() {
-            if drain.shutdown.ptr_eq(&self.shutdown) {
+            if drain.shutdown().ptr_eq(self.bound.shutdown()) {
                 return ResponseFuture::pass_through(self.inner.call(req));
             }
         }
         // Count first, then look at the phase: a request counted before the drain's wait
         // observes an empty tracker is always waited for.
-        let guard = Guard::new(&self.shutdown.inner, self.conn.clone());
+        let guard = Guard::new(&self.bound);
         if guard.is_forced() {
             return ResponseFuture::rejected(guard);
         }
         req.extensions_mut().insert(Drain {
-            shutdown: self.shutdown.clone(),
+            bound: self.bound.clone(),
         });
         ResponseFuture::counted(self.inner.call(req), guard)
     }
@@ -184,23 +181,23 @@ where
 /// [`Drain::started`] to end early and cleanly.
 #[derive(Clone)]
 pub struct Drain {
-    shutdown: Shutdown,
+    bound: Bound,
 }
 
 impl Drain {
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        self.shutdown.phase()
+        self.shutdown().phase()
     }
 
     /// Resolves at drain start.
     pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shutdown.drain_started()
+        self.shutdown().drain_started()
     }
 
     /// Resolves at the stop deadline, just before the request is cut.
     pub fn stop_deadline(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shutdown.stop_deadline()
+        self.shutdown().stop_deadline()
     }
 
     /// Wraps `stream` so it ends cleanly at drain start. See [`UntilDrain`].
@@ -210,7 +207,7 @@ impl Drain {
 
     /// The controller.
     pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
+        self.bound.shutdown()
     }
 }
 
@@ -218,7 +215,7 @@ impl Shutdown {
     /// A [`Drain`] handle on this controller, as handlers get it from the request.
     pub fn drain(&self) -> Drain {
         Drain {
-            shutdown: self.clone(),
+            bound: Bound::Shutdown(self.clone()),
         }
     }
 }
