@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# Reliability under real traffic, with real clients and a real proxy:
+#
+#   1. h2 shutdown under load: h2load drives many concurrent HTTP/2 streams over a few
+#      connections to the demo, the demo gets SIGTERM part-way, 20 times. Every stream
+#      that reached the server must complete with a 2xx, and none may be reset.
+#   2. nginx rolling restart: nginx in front of two demo instances, wrk through nginx,
+#      each instance restarted in turn 10 times (SIGTERM, wait for exit, start on the same
+#      port, wait for /healthz). Zero non-2xx responses and zero socket errors at wrk.
+#      Then the same with SIGKILL instead of SIGTERM (3 rounds), whose figures are
+#      reported, not asserted, to show what the graceful drain saves.
+#
+# Run from the repository root (as root on a fresh Debian machine it installs wrk,
+# nghttp2-client, nginx and curl if they are missing):
+#
+#   bash .ci/reliability.sh
+#
+# Knobs (environment): H2_ROUNDS (20), NGINX_ROUNDS (10), KILL_ROUNDS (3).
+# Everything listens on 127.0.0.1 on ports free at run time, lives in one mktemp -d
+# directory, is killed on exit, and is bounded in time (about a minute on 2 cores, once
+# the demo is built).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+H2_ROUNDS=${H2_ROUNDS:-20}
+NGINX_ROUNDS=${NGINX_ROUNDS:-10}
+KILL_ROUNDS=${KILL_ROUNDS:-3}
+START=$SECONDS
+
+log() { printf '%s\n' "$*"; }
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+die() {
+    printf 'reliability: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- tools -------------------------------------------------------------------------------
+
+step "tools"
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    # Keep the package from starting a system-wide nginx on port 80: no service starts
+    # during the install (Docker images already carry this file).
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx curl >/dev/null
+    if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+for tool in wrk h2load nginx curl; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+log "$(h2load --version 2>&1 | head -1); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+
+# --- the demo ----------------------------------------------------------------------------
+
+step "cargo build --all-features --example httpdown_example"
+cargo build --all-features --example httpdown_example
+TARGET_DIR=$(cargo metadata --no-deps --format-version 1 |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+DEMO=${TARGET_DIR:-target}/debug/examples/httpdown_example
+[ -x "$DEMO" ] || die "the demo binary is not at $DEMO"
+
+# --- process bookkeeping -----------------------------------------------------------------
+
+WORK=$(mktemp -d)
+PIDS=()     # everything started in the background, killed on exit
+NGINX_PID=  # nginx's master (its worker is killed through it)
+KEEP_WORK=
+
+cleanup() {
+    local pid
+    if [ -n "$NGINX_PID" ] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -TERM "$NGINX_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+        for pid in $(pgrep -P "$NGINX_PID" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        kill -KILL "$NGINX_PID" 2>/dev/null || true
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ -n "$KEEP_WORK" ]; then
+        printf 'reliability: logs kept in %s\n' "$WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_exit PID SECONDS: waits for a child to exit and sets RC to its exit status, or to
+# "timeout" (not in a command substitution: only this shell can wait for its children).
+wait_exit() {
+    local pid=$1 limit=$(($2 * 10)) i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt "$limit" ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        RC=timeout
+        return
+    fi
+    RC=0
+    wait "$pid" 2>/dev/null || RC=$?
+}
+
+# start_demo NAME PORT: starts an instance (PORT 0 picks one), waits for its start line
+# (it is listening by then), sets DEMO_PID and DEMO_PORT. Output goes to $WORK/NAME.*.
+start_demo() {
+    local name=$1 port=$2 i
+    : >"$WORK/$name.out"
+    "$DEMO" --addr "127.0.0.1:$port" --stop-timeout 10s --kill-timeout 1s \
+        >"$WORK/$name.out" 2>>"$WORK/$name.err" &
+    DEMO_PID=$!
+    PIDS+=("$DEMO_PID")
+    for i in $(seq 100); do
+        if grep -q '^serving on ' "$WORK/$name.out"; then break; fi
+        kill -0 "$DEMO_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    DEMO_PORT=$(sed -n 's#^serving on http://127\.0\.0\.1:\([0-9]*\)/ with pid [0-9]*$#\1#p' "$WORK/$name.out")
+    if [ -z "$DEMO_PORT" ]; then
+        KEEP_WORK=1
+        tail -5 "$WORK/$name.err" >&2 || true
+        die "demo $name did not start on port $port"
+    fi
+}
+
+# free_port: a port nothing listens on now (nginx's own bind is checked when it starts).
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# field TEXT REGEX: the first number captured by sed's \1 in REGEX, or 0.
+field() {
+    local v
+    v=$(printf '%s\n' "$1" | sed -n "s/$2/\1/p" | head -1) || true
+    echo "${v:-0}"
+}
+
+FAILURES=()
+
+# --- scenario 1: h2 shutdown under load --------------------------------------------------
+
+step "h2 shutdown under load: $H2_ROUNDS rounds"
+# What counts. h2load -n N stops each connection's work as soon as it reads a GOAWAY and
+# does not reconnect; N is far more than can run before the SIGTERM, so every round ends
+# that way. Its summary line reads
+#   requests: T total, S started, D done, K succeeded, F failed, E errored, X timeout
+# where
+#   S (started)   = requests handed to its HTTP/2 library, sent on the wire or not yet;
+#   K (succeeded) = streams that closed cleanly with a 2xx/3xx status;
+#   F, E          = everything else: the T - S requests it could not submit once the
+#                   GOAWAY was read ("Process Request Failure"), plus started streams
+#                   that were reset, refused, cut by a closed connection, or (F only)
+#                   got a 4xx/5xx.
+# S - K is not the loss: a request queued in the library when the GOAWAY arrives is never
+# sent (no new stream may start after a GOAWAY) and is closed locally with REFUSED_STREAM,
+# which is retryable and never reached the server. So the server counts what reached it:
+# the demo runs with h2's frame log on (RUST_LOG h2::codec=debug), and
+#   R = request HEADERS frames the server received (streams that reached the server).
+# Asserted in every round: R = K (every stream that reached the server completed with a
+# 2xx, none lost), the 2xx count = K, no RST_STREAM sent by the server, D = S (every
+# started stream was closed by the protocol, none abandoned by a dropped connection),
+# F = E = T - K (nothing else failed), X = 0, and the demo exits 0 with "shutdown drained".
+# S - R (never sent, refused locally after the GOAWAY) is reported.
+H2_TOTAL_REQ=200000
+h2_reached=0 h2_lost=0 h2_refused=0 h2_inflight=0
+for round in $(seq "$H2_ROUNDS"); do
+    RUST_LOG=info,h2::codec=debug start_demo h2 0
+    demo_pid=$DEMO_PID
+    h2load -c 8 -m 32 -n "$H2_TOTAL_REQ" \
+        "http://127.0.0.1:$DEMO_PORT/?duration=50ms" >"$WORK/h2load.$round.out" 2>&1 &
+    h2_pid=$!
+    PIDS+=("$h2_pid")
+    # SIGTERM somewhere between 0.6 s and 1.6 s into the run.
+    delay_ms=$((600 + RANDOM % 1000))
+    sleep "$((delay_ms / 1000)).$(printf '%03d' $((delay_ms % 1000)))"
+    kill -TERM "$demo_pid" || true
+    wait_exit "$demo_pid" 20
+    demo_rc=$RC
+    wait_exit "$h2_pid" 30
+    h2_rc=$RC
+    if [ "$h2_rc" = timeout ]; then kill -KILL "$h2_pid" 2>/dev/null || true; fi
+    out=$(cat "$WORK/h2load.$round.out")
+    report=$(grep -m1 '^shutdown ' "$WORK/h2.err" || true)
+    total=$(field "$out" '^requests: \([0-9]*\) total.*')
+    started=$(field "$out" '^requests: .* \([0-9]*\) started.*')
+    done_=$(field "$out" '^requests: .* \([0-9]*\) done.*')
+    succeeded=$(field "$out" '^requests: .* \([0-9]*\) succeeded.*')
+    failed=$(field "$out" '^requests: .* \([0-9]*\) failed.*')
+    errored=$(field "$out" '^requests: .* \([0-9]*\) errored.*')
+    timedout=$(field "$out" '^requests: .* \([0-9]*\) timeout.*')
+    s2xx=$(field "$out" '^status codes: \([0-9]*\) 2xx.*')
+    inflight=$(field "$report" '.*connections and \([0-9]*\) requests at drain start.*')
+    reached=$(grep -c 'received frame=Headers' "$WORK/h2.err" || true)
+    resets=$(grep -c 'send frame=Reset' "$WORK/h2.err" || true)
+    goaways=$(grep -c 'send frame=GoAway' "$WORK/h2.err" || true)
+    lost=$((reached - succeeded))
+    refused=$((started - reached))
+    problems=()
+    [ "$demo_rc" = 0 ] || problems+=("demo exit status $demo_rc")
+    case $report in
+    "shutdown drained "*) ;;
+    *) problems+=("demo report: ${report:-none}") ;;
+    esac
+    [ "$h2_rc" != timeout ] || problems+=("h2load did not finish")
+    grep -q '^requests: ' <<<"$out" || problems+=("no h2load summary")
+    [ "$reached" -gt 0 ] && [ "$goaways" -gt 0 ] ||
+        problems+=("no h2 frame log from the demo: cannot count the streams that reached it")
+    [ "$started" -lt "$total" ] || problems+=("the SIGTERM came after the run ended")
+    [ "$lost" = 0 ] || problems+=("$lost streams reached the server but did not complete with a 2xx")
+    [ "$refused" -ge 0 ] || problems+=("the server saw $reached streams, more than the $started started")
+    [ "$resets" = 0 ] || problems+=("the server sent $resets RST_STREAM")
+    [ "$s2xx" = "$succeeded" ] || problems+=("2xx $s2xx != succeeded $succeeded")
+    [ "$done_" = "$started" ] || problems+=("done $done_ != started $started: streams abandoned")
+    [ "$failed" = $((total - succeeded)) ] || problems+=("failed $failed != total - succeeded")
+    [ "$errored" = $((total - succeeded)) ] || problems+=("errored $errored != total - succeeded")
+    [ "$timedout" = 0 ] || problems+=("$timedout timed out")
+    printf 'round %2d: %5d streams reached the server, %5d completed, %d lost, %3d in flight at drain start, %2d refused before sending; %s\n' \
+        "$round" "$reached" "$succeeded" "$lost" "$inflight" "$refused" "${report%% (*}"
+    if [ ${#problems[@]} -gt 0 ]; then
+        KEEP_WORK=1
+        FAILURES+=("h2 round $round: $(IFS=';'; echo "${problems[*]}")")
+        printf '  FAIL: %s\n' "${problems[@]}"
+        grep -E '^(requests|status codes):' <<<"$out" | sed 's/^/  h2load: /'
+        cp "$WORK/h2load.$round.out" "$WORK/h2load.failed.$round.out"
+        cp "$WORK/h2.err" "$WORK/h2.failed.$round.err"
+    fi
+    rm -f "$WORK/h2load.$round.out"
+    : >"$WORK/h2.err"
+    h2_reached=$((h2_reached + reached))
+    h2_lost=$((h2_lost + lost))
+    h2_refused=$((h2_refused + refused))
+    h2_inflight=$((h2_inflight + inflight))
+done
+log "total: $h2_reached streams reached the server, $h2_lost lost, $h2_inflight in flight at drain start, $h2_refused refused by the client library before sending (after the GOAWAY)"
+
+# --- scenario 2: rolling restart behind nginx --------------------------------------------
+
+# nginx_run MODE ROUNDS: MODE is TERM or KILL. Sets R_REQUESTS, R_NON2XX, R_SOCKERR (and
+# its parts), R_RESTARTS, R_RETRIED (requests nginx moved to the other instance),
+# R_PROBLEMS (process-level problems: exit status, report, readiness).
+nginx_run() {
+    local mode=$1 rounds=$2 dir="$WORK/nginx-$1" name port rc report i
+    mkdir -p "$dir/tmp"
+    R_PROBLEMS=()
+    start_demo "$mode-a" 0
+    local pid_a=$DEMO_PID port_a=$DEMO_PORT
+    start_demo "$mode-b" 0
+    local pid_b=$DEMO_PID port_b=$DEMO_PORT
+
+    local nport= attempt
+    for attempt in 1 2 3 4 5; do
+        nport=$(free_port)
+        sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$nport#g" \
+            -e "s#@UPSTREAM_A@#$port_a#g" -e "s#@UPSTREAM_B@#$port_b#g" \
+            .ci/reliability/nginx.conf.in >"$dir/nginx.conf"
+        nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>>"$dir/error.log" &
+        NGINX_PID=$!
+        for i in $(seq 50); do
+            curl -fsS -o /dev/null "http://127.0.0.1:$nport/?duration=0s" 2>/dev/null && break
+            kill -0 "$NGINX_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if curl -fsS -o /dev/null "http://127.0.0.1:$nport/?duration=0s" 2>/dev/null; then break; fi
+        kill -TERM "$NGINX_PID" 2>/dev/null || true
+        wait_exit "$NGINX_PID" 5
+        NGINX_PID=
+    done
+    [ -n "$NGINX_PID" ] || { KEEP_WORK=1; tail -5 "$dir/error.log" >&2; die "nginx did not start"; }
+
+    wrk -t2 -c32 -d300s --timeout 5s "http://127.0.0.1:$nport/?duration=10ms" >"$dir/wrk.out" 2>&1 &
+    local wrk_pid=$!
+    PIDS+=("$wrk_pid")
+    sleep 1
+
+    R_RESTARTS=0
+    for i in $(seq "$rounds"); do
+        for name in a b; do
+            if [ $name = a ]; then pid=$pid_a port=$port_a; else pid=$pid_b port=$port_b; fi
+            : >"$WORK/$mode-$name.err"
+            # (stderr off: bash would report the SIGKILLed job as "Killed")
+            { kill "-$mode" "$pid" || true; wait_exit "$pid" 20; } 2>/dev/null
+            rc=$RC
+            report=$(grep -m1 '^shutdown ' "$WORK/$mode-$name.err" || true)
+            if [ "$mode" = TERM ]; then
+                [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
+                case $report in
+                "shutdown drained "*) ;;
+                *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
+                esac
+            fi
+            start_demo "$mode-$name" "$port"
+            if [ $name = a ]; then pid_a=$DEMO_PID; else pid_b=$DEMO_PID; fi
+            local ready=
+            for _ in $(seq 100); do
+                if curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
+                    ready=1
+                    break
+                fi
+                sleep 0.1
+            done
+            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
+            R_RESTARTS=$((R_RESTARTS + 1))
+            printf '  restart %2d: instance %s (port %s) %s, exit %s, %s\n' "$R_RESTARTS" "$name" \
+                "$port" "SIG$mode" "$rc" "${report:-no report}"
+            # Let nginx open keep-alive connections to the new instance before the next.
+            sleep 0.5
+        done
+    done
+    sleep 1
+    kill -INT "$wrk_pid" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
+    wait_exit "$wrk_pid" 15
+    rc=$RC
+    if [ "$rc" = timeout ]; then
+        R_PROBLEMS+=("wrk did not stop")
+        kill -KILL "$wrk_pid" 2>/dev/null || true
+    fi
+
+    kill -QUIT "$NGINX_PID" 2>/dev/null || R_PROBLEMS+=("nginx had already exited")
+    # (QUIT is nginx's graceful stop: the buffered access log is written out)
+    wait_exit "$NGINX_PID" 10
+    NGINX_PID=
+    kill -TERM "$pid_a" "$pid_b" 2>/dev/null || true
+    wait_exit "$pid_a" 15
+    wait_exit "$pid_b" 15
+
+    local out
+    out=$(cat "$dir/wrk.out")
+    sed 's/^/  wrk: /' "$dir/wrk.out"
+    grep -q ' requests in ' <<<"$out" || R_PROBLEMS+=("no wrk summary")
+    R_REQUESTS=$(field "$out" '^ *\([0-9]*\) requests in .*')
+    # wrk prints these two lines only when the counts are not zero.
+    R_NON2XX=$(field "$out" '^ *Non-2xx or 3xx responses: \([0-9]*\).*')
+    R_CONNECT=$(field "$out" '^ *Socket errors: connect \([0-9]*\),.*')
+    R_READ=$(field "$out" '^ *Socket errors: .*read \([0-9]*\),.*')
+    R_WRITE=$(field "$out" '^ *Socket errors: .*write \([0-9]*\),.*')
+    R_TIMEOUT=$(field "$out" '^ *Socket errors: .*timeout \([0-9]*\).*')
+    R_SOCKERR=$((R_CONNECT + R_READ + R_WRITE + R_TIMEOUT))
+    # nginx's view: requests it moved to the other instance (two upstreams in the log
+    # line), and its upstream errors by kind: connects refused while an instance was down,
+    # connections closed before the response head (retried: a keep-alive connection
+    # closed by the server as the request went out, or a process that died), and
+    # responses cut after the head (cannot be retried, the client sees the cut).
+    R_RETRIED=$(grep -c ', ' "$dir/access.log" || true)
+    R_NGINX_NON200=$(grep -vc '^200 ' "$dir/access.log" || true)
+    R_REFUSED=$(grep '\[error\]' "$dir/error.log" | grep -c 'Connection refused' || true)
+    R_BEFORE_HEAD=$(grep '\[error\]' "$dir/error.log" | grep -c 'reading response header from upstream' || true)
+    R_MID_BODY=$(grep '\[error\]' "$dir/error.log" | grep -c 'while reading upstream' || true)
+    R_NGINX_SUMMARY="nginx: $R_RETRIED requests retried on the other instance after $R_REFUSED refused connects and $R_BEFORE_HEAD connections closed before the response head; $R_MID_BODY responses cut after the head; $R_NGINX_NON200 non-200 answered"
+}
+
+step "nginx rolling restart (SIGTERM): $NGINX_ROUNDS rounds of 2 instances"
+nginx_run TERM "$NGINX_ROUNDS"
+term_requests=$R_REQUESTS term_non2xx=$R_NON2XX term_sockerr=$R_SOCKERR term_restarts=$R_RESTARTS
+term_retried=$R_RETRIED term_before_head=$R_BEFORE_HEAD
+term_parts="connect $R_CONNECT, read $R_READ, write $R_WRITE, timeout $R_TIMEOUT"
+log "SIGTERM: $R_RESTARTS restarts, $R_REQUESTS requests, $R_NON2XX non-2xx, $R_SOCKERR socket errors ($term_parts)"
+log "  $R_NGINX_SUMMARY"
+term_problems=("${R_PROBLEMS[@]}")
+[ "$term_non2xx" = 0 ] || term_problems+=("$term_non2xx non-2xx responses at wrk")
+[ "$term_sockerr" = 0 ] || term_problems+=("$term_sockerr socket errors at wrk ($term_parts)")
+[ "$R_NGINX_NON200" = 0 ] || term_problems+=("nginx answered $R_NGINX_NON200 non-200")
+[ "$R_MID_BODY" = 0 ] || term_problems+=("nginx saw $R_MID_BODY responses cut after the head")
+[ "$term_requests" -gt 0 ] || term_problems+=("no requests completed")
+if [ ${#term_problems[@]} -gt 0 ]; then
+    KEEP_WORK=1
+    printf '  FAIL: %s\n' "${term_problems[@]}"
+    grep '\[error\]' "$WORK/nginx-TERM/error.log" | sed 's/^/  nginx: /' | head -20 || true
+    for p in "${term_problems[@]}"; do FAILURES+=("nginx rolling restart: $p"); done
+fi
+
+step "nginx rolling restart (SIGKILL, reported only): $KILL_ROUNDS rounds of 2 instances"
+nginx_run KILL "$KILL_ROUNDS"
+kill_parts="connect $R_CONNECT, read $R_READ, write $R_WRITE, timeout $R_TIMEOUT"
+log "SIGKILL: $R_RESTARTS restarts, $R_REQUESTS requests, $R_NON2XX non-2xx, $R_SOCKERR socket errors ($kill_parts)"
+log "  $R_NGINX_SUMMARY"
+# Exit statuses and reports are not checked after SIGKILL; the rest (readiness after each
+# restart, wrk and nginx running throughout) still is.
+if [ ${#R_PROBLEMS[@]} -gt 0 ]; then
+    KEEP_WORK=1
+    printf '  FAIL: %s\n' "${R_PROBLEMS[@]}"
+    for p in "${R_PROBLEMS[@]}"; do FAILURES+=("nginx rolling restart with SIGKILL: $p"); done
+fi
+
+# --- summary -----------------------------------------------------------------------------
+
+step "summary"
+log "h2 shutdown under load: $H2_ROUNDS rounds, $h2_reached streams started at the server, $h2_lost lost ($h2_inflight in flight at drain start; $h2_refused queued in h2load when the GOAWAY came and so never sent)"
+log "nginx rolling restart: $term_restarts restarts, $term_requests requests, $term_non2xx non-2xx, $term_sockerr socket errors ($term_retried retried by nginx, $term_before_head of them on a connection closed before the response head); with SIGKILL: $R_RESTARTS restarts, $R_REQUESTS requests, $R_NON2XX non-2xx, $R_SOCKERR socket errors ($kill_parts)"
+log "time: $((SECONDS - START)) s"
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    printf 'reliability: FAILED:\n' >&2
+    printf '  %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi
+log "reliability: all assertions passed"
