@@ -462,7 +462,10 @@ async fn a_trigger_before_serve_runs_still_drains_it() {
     let serving = httpdown::serve(listener, app(Arc::default()), &shutdown);
     shutdown.trigger();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(shutdown.report().is_none(), "finished before its server started");
+    assert!(
+        shutdown.report().is_none(),
+        "finished before its server started"
+    );
     let report = serving.await.expect("served and drained");
     assert_eq!(report.outcome(), Outcome::Drained);
 
