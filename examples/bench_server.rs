@@ -45,6 +45,9 @@ struct Args {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// For `httpdown`: turn off the header-read timeout (to measure what it costs).
+    #[arg(long)]
+    no_header_read_timeout: bool,
 }
 
 fn app() -> Router {
@@ -62,7 +65,10 @@ async fn run(args: Args) -> std::io::Result<()> {
     match args.server {
         Server::Httpdown => {
             let app = app().layer(shutdown.layer());
+            let timeout =
+                (!args.no_header_read_timeout).then_some(httpdown::DEFAULT_HEADER_READ_TIMEOUT);
             httpdown::serve(listener, app, &shutdown)
+                .header_read_timeout(timeout)
                 .await
                 .map_err(std::io::Error::other)?;
         }
