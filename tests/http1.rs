@@ -12,6 +12,23 @@ use httpdown::{Error, IdleClose, Outcome, Shutdown};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+/// Serves the test app over in-memory pipes (paused time) with `idle_close`.
+fn serve_on_pipe(
+    shutdown: &Shutdown,
+    idle_close: IdleClose,
+) -> (
+    Connector,
+    tokio::task::JoinHandle<Result<httpdown::Report, Error>>,
+) {
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), shutdown)
+            .idle_close(idle_close)
+            .into_future(),
+    );
+    (connector, server)
+}
+
 /// Splits raw HTTP/1 responses read from one connection into their status lines.
 fn status_lines(text: &str) -> Vec<&str> {
     text.split("\r\n")
@@ -127,11 +144,9 @@ async fn by_default_an_idle_connection_closes_at_drain_start() {
 #[tokio::test(start_paused = true)]
 async fn after_next_request_serves_one_more_request_then_closes() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .idle_close(IdleClose::AfterNextRequest(Duration::from_secs(2)))
-            .into_future(),
+    let (connector, server) = serve_on_pipe(
+        &shutdown,
+        IdleClose::AfterNextRequest(Duration::from_secs(2)),
     );
     let mut busy = connector.connect();
     send_get(&mut busy, "/").await;
@@ -170,12 +185,8 @@ async fn after_next_request_serves_one_more_request_then_closes() {
 #[tokio::test(start_paused = true)]
 async fn min_idle_age_closes_each_connection_once_old_enough() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .idle_close(IdleClose::MinIdleAge(Duration::from_secs(1)))
-            .into_future(),
-    );
+    let (connector, server) =
+        serve_on_pipe(&shutdown, IdleClose::MinIdleAge(Duration::from_secs(1)));
     let mut old = connector.connect();
     send_get(&mut old, "/").await;
     read_until(&mut old, "hello").await;
@@ -209,11 +220,9 @@ async fn min_idle_age_closes_each_connection_once_old_enough() {
 #[tokio::test(start_paused = true)]
 async fn idle_close_waits_never_outlast_the_stop_deadline() {
     let shutdown = shutdown(Duration::from_secs(3));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .idle_close(IdleClose::AfterNextRequest(Duration::from_secs(60)))
-            .into_future(),
+    let (connector, server) = serve_on_pipe(
+        &shutdown,
+        IdleClose::AfterNextRequest(Duration::from_secs(60)),
     );
     let mut conn = connector.connect();
     send_get(&mut conn, "/").await;
@@ -312,11 +321,9 @@ async fn a_close_with_unread_input_lingers_so_a_slow_reader_gets_the_whole_respo
 #[tokio::test(start_paused = true)]
 async fn after_next_request_keeps_a_busy_connection_for_its_next_request() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .idle_close(IdleClose::AfterNextRequest(Duration::from_secs(2)))
-            .into_future(),
+    let (connector, server) = serve_on_pipe(
+        &shutdown,
+        IdleClose::AfterNextRequest(Duration::from_secs(2)),
     );
     let mut conn = connector.connect();
     send_get(&mut conn, "/slow?ms=500").await;

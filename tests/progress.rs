@@ -13,6 +13,17 @@ use std::time::Duration;
 use common::*;
 use httpdown::{Outcome, Shutdown};
 
+/// Serves over a pipe with an endless stream in flight, triggers, and waits for the end.
+async fn shut_down_with_an_endless_stream(shutdown: &Shutdown) -> httpdown::Report {
+    let (listener, connector) = channel_listener();
+    let server =
+        tokio::spawn(httpdown::serve(listener, app(Arc::default()), shutdown).into_future());
+    let mut conn = get_request_on(&connector, "/stream").await;
+    read_until(&mut conn, "tick\n").await;
+    shutdown.trigger();
+    server.await.unwrap().unwrap()
+}
+
 /// A `MakeWriter` that keeps what the subscriber writes.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -57,13 +68,7 @@ async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
         .stop_timeout(Duration::from_secs(3))
         .kill_timeout(Duration::from_secs(2))
         .build();
-    let (listener, connector) = channel_listener();
-    let server =
-        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
-    let mut conn = get_request_on(&connector, "/stream").await;
-    read_until(&mut conn, "tick\n").await;
-    shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = shut_down_with_an_endless_stream(&shutdown).await;
     assert!(matches!(report.outcome(), Outcome::Forced { .. }));
 
     let lines = captured.lines();
@@ -99,13 +104,7 @@ async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
         .stop_timeout(Duration::from_secs(3))
         .progress_interval(None)
         .build();
-    let (listener, connector) = channel_listener();
-    let server =
-        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
-    let mut conn = get_request_on(&connector, "/stream").await;
-    read_until(&mut conn, "tick\n").await;
-    shutdown.trigger();
-    server.await.unwrap().unwrap();
+    shut_down_with_an_endless_stream(&shutdown).await;
     let lines = captured.lines();
     assert!(lines.iter().all(|l| !l.contains(" left, ")), "{lines:#?}");
     assert!(
