@@ -111,6 +111,10 @@ impl ConnState {
 
     /// A request started on this connection.
     pub(crate) fn request_began(&self) {
+        // A probe's answer describes the connection before this request: forget it.
+        if self.probe.load(Ordering::Relaxed) != PROBE_NONE {
+            self.probe.store(PROBE_NONE, Ordering::Relaxed);
+        }
         {
             let mut activity = self.activity();
             activity.active += 1;
