@@ -17,14 +17,13 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::shutdown::Inner;
 use crate::stats::ConnKind;
 use crate::Shutdown;
 
 /// How long a connection closed during the drain with unread input keeps reading (and
 /// discarding) before its socket closes, so the kernel sends FIN rather than a reset that
 /// could destroy the final response before the client reads it. Go waits 500 ms too.
-pub(crate) const LINGER: Duration = Duration::from_millis(500);
+const LINGER: Duration = Duration::from_millis(500);
 
 const PROBE_NONE: u8 = 0;
 const PROBE_REQUESTED: u8 = 1;
@@ -255,7 +254,6 @@ pub(crate) type PeekFn<I> = fn(&I) -> bool;
 pub(crate) struct ConnIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     io: Option<I>,
     state: Arc<ConnState>,
-    shutdown: Arc<Inner>,
     token: Option<TaskTrackerToken>,
     peek: PeekFn<I>,
     first_read: bool,
@@ -267,14 +265,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
     pub(crate) fn new(
         io: I,
         state: Arc<ConnState>,
-        shutdown: Arc<Inner>,
         token: TaskTrackerToken,
         peek: PeekFn<I>,
     ) -> Self {
         ConnIo {
             io: Some(io),
             state,
-            shutdown,
             token: Some(token),
             peek,
             first_read: true,
@@ -372,7 +368,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
         let (Some(mut io), Some(token)) = (self.io.take(), self.token.take()) else {
             return;
         };
-        let shutdown = &self.shutdown;
+        let shutdown = &self.state.shutdown().inner;
         let forced = shutdown.is_forced();
         self.state.closed(forced);
         // An idle connection just found empty and closed at drain start has nothing to

@@ -55,41 +55,39 @@ fn plain(status: StatusCode, body: &'static str) -> Response<String> {
     response
 }
 
-impl<B> Service<Request<B>> for Readiness {
-    type Response = Response<String>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
+/// Implements `Service` for a check that answers at once with `$answer(&self)`.
+macro_rules! check_service {
+    ($check:ty, $answer:expr) => {
+        impl<B> Service<Request<B>> for $check {
+            type Response = Response<String>;
+            type Error = Infallible;
+            type Future = Ready<Result<Response<String>, Infallible>>;
 
-    #[inline]
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
+            #[inline]
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
 
-    fn call(&mut self, _req: Request<B>) -> Self::Future {
-        ready(Ok(if self.shutdown.is_ready() {
-            plain(StatusCode::OK, "ready\n")
-        } else {
-            plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        }))
-    }
+            fn call(&mut self, _req: Request<B>) -> Self::Future {
+                let (status, body) = $answer(&*self);
+                ready(Ok(plain(status, body)))
+            }
+        }
+    };
 }
+
+check_service!(
+    Readiness,
+    |check: &Readiness| if check.shutdown.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+);
 
 /// A liveness check: always `200 alive`, during a shutdown too, so an orchestrator does
 /// not kill a process that is draining on purpose.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Liveness;
 
-impl<B> Service<Request<B>> for Liveness {
-    type Response = Response<String>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: Request<B>) -> Self::Future {
-        ready(Ok(plain(StatusCode::OK, "alive\n")))
-    }
-}
+check_service!(Liveness, |_: &Liveness| (StatusCode::OK, "alive\n"));

@@ -369,7 +369,6 @@ impl<L, S> Serve<L, S> {
                     let io = ConnIo::new(
                         io,
                         Arc::clone(&state),
-                        Arc::clone(inner),
                         // Counted from here until the socket closes, through an upgrade.
                         inner.connections.token(),
                         L::has_pending_input,

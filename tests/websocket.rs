@@ -72,6 +72,9 @@ async fn a_websocket_is_told_to_go_away_with_1001_and_the_drain_waits_for_it() {
     // The upgraded connection is still counted, though hyper is done with it.
     assert_eq!(shutdown.connections(), 1);
     assert_eq!(shutdown.in_flight(), 0);
+    let stats = shutdown.stats();
+    assert_eq!(stats.connections.upgraded, 1, "{stats:?}");
+    assert_eq!(stats.connections.total(), 1, "{stats:?}");
 
     let t0 = Instant::now();
     shutdown.trigger();
@@ -88,6 +91,12 @@ async fn a_websocket_is_told_to_go_away_with_1001_and_the_drain_waits_for_it() {
     assert!(end.is_none() || matches!(end, Some(Err(_))), "{end:?}");
     let report = server.await.unwrap().unwrap();
     eprintln!("websocket: drained {:?} after the trigger", t0.elapsed());
+    let stats = shutdown.stats();
+    assert_eq!(
+        (stats.connections.total(), stats.closed),
+        (0, 1),
+        "{stats:?}"
+    );
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.connections_at_drain(), 1);
     assert!(report.total() < Duration::from_secs(10), "{report}");
