@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::stats::ConnKind;
+use crate::task::{catch_panics, Task};
 use crate::Shutdown;
 
 /// How long a connection closed during the drain with unread input keeps reading (and
@@ -384,13 +385,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
             return;
         };
         let force = self.state.force().clone();
+        let state = Arc::clone(&self.state);
         runtime.spawn(async move {
             let _token = token;
-            let linger = async {
+            let linger = catch_panics(Task::Linger, &state.shutdown().inner.counters, async {
                 let _ = io.shutdown().await;
                 let mut buf = [0u8; 2048];
                 while let Ok(1..) = io.read(&mut buf).await {}
-            };
+            });
             tokio::select! {
                 _ = linger => {}
                 _ = tokio::time::sleep(LINGER) => {}

@@ -95,6 +95,7 @@ mod serve;
 mod shutdown;
 mod signal;
 mod stats;
+mod task;
 mod until_drain;
 
 #[cfg(feature = "axum")]

@@ -46,6 +46,7 @@ pub struct Report {
     total: Duration,
     connections_at_drain: usize,
     requests_at_drain: usize,
+    panics: u64,
 }
 
 impl Report {
@@ -57,6 +58,7 @@ impl Report {
         done: Instant,
         connections_at_drain: usize,
         requests_at_drain: usize,
+        panics: u64,
     ) -> Self {
         let drain_end = stop_deadline.unwrap_or(done);
         Report {
@@ -67,6 +69,7 @@ impl Report {
             total: done - triggered,
             connections_at_drain,
             requests_at_drain,
+            panics,
         }
     }
 
@@ -111,6 +114,14 @@ impl Report {
     /// Requests in flight at drain start.
     pub fn requests_at_drain(&self) -> usize {
         self.requests_at_drain
+    }
+
+    /// Tasks spawned by the crate that panicked before the shutdown ended (connections,
+    /// whose HTTP/1 handlers run inside them, HTTP/2 streams, and the crate's own tasks),
+    /// as in [`Stats::panics`](crate::Stats::panics). A panic ends only its own task and
+    /// never holds the shutdown; each is logged at `ERROR`.
+    pub fn panics(&self) -> u64 {
+        self.panics
     }
 }
 
@@ -157,9 +168,14 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "; {} and {} at drain start)",
+            "; {} and {} at drain start",
             plural(self.connections_at_drain, "connection"),
             plural(self.requests_at_drain, "request"),
-        )
+        )?;
+        if self.panics > 0 {
+            let panics = usize::try_from(self.panics).unwrap_or(usize::MAX);
+            write!(f, "; {} panicked", plural(panics, "task"))?;
+        }
+        f.write_str(")")
     }
 }

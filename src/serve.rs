@@ -17,12 +17,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::conn::{ConnIo, ConnState};
+use crate::task::{catch_panics, Task};
 use crate::{BoxError, Error, Graceful, Report, Shutdown};
 
 /// When [`serve`] closes an idle HTTP/1 keep-alive connection during the drain.
@@ -344,8 +343,7 @@ impl<L, S> Serve<L, S> {
         }
         let inner = &shutdown.inner;
         let mut builder = auto::Builder::new(TrackedExecutor {
-            tasks: inner.tasks.clone(),
-            force: inner.force.clone(),
+            shutdown: shutdown.clone(),
         });
         builder
             .http1()
@@ -373,13 +371,17 @@ impl<L, S> Serve<L, S> {
                         inner.connections.token(),
                         L::has_pending_input,
                     );
-                    tokio::spawn(serve_connection(
+                    let served = serve_connection(
                         Arc::clone(&builder),
                         io,
                         app.for_connection(Arc::clone(&state)),
-                        state,
+                        Arc::clone(&state),
                         idle_close,
-                    ));
+                    );
+                    tokio::spawn(async move {
+                        let counters = &state.shutdown().inner.counters;
+                        catch_panics(Task::Connection, counters, served).await;
+                    });
                 }
                 Err(e) if is_connection_error(&e) => {
                     tracing::debug!(error = %e, "accept: connection error, skipped");
@@ -526,8 +528,7 @@ const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
 /// are waited for, and drops them at the stop deadline.
 #[derive(Clone)]
 struct TrackedExecutor {
-    tasks: TaskTracker,
-    force: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl<F> hyper::rt::Executor<F> for TrackedExecutor
@@ -536,12 +537,13 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        let force = self.force.clone();
-        self.tasks.spawn(async move {
+        let shutdown = self.shutdown.clone();
+        self.shutdown.inner.tasks.spawn(async move {
+            let inner = &shutdown.inner;
             tokio::select! {
                 biased;
-                _ = force.cancelled() => {}
-                _ = future => {}
+                _ = inner.force.cancelled() => {}
+                _ = catch_panics(Task::Stream, &inner.counters, future) => {}
             }
         });
     }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::report::{Outcome, Report};
 use crate::stats::{metrics_impl, Counters};
+use crate::task::{catch_panics, Task};
 use crate::GracefulLayer;
 use crate::Stats;
 
@@ -492,7 +493,7 @@ impl Inner {
         }
         match Handle::try_current().ok().or_else(|| self.runtime.clone()) {
             Some(handle) => {
-                handle.spawn(Arc::clone(self).drive());
+                handle.spawn(Arc::clone(self).run_driver());
             }
             None => self.driver_started.store(false, Ordering::Release),
         }
@@ -516,6 +517,37 @@ impl Inner {
         let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut times);
         *times
+    }
+
+    /// Runs [`drive`](Self::drive). Should it panic, the panic is counted and the
+    /// shutdown still ends, at once, with what is left given up on: waiters never hang.
+    async fn run_driver(self: Arc<Self>) {
+        let driven = catch_panics(Task::Driver, &self.counters, Arc::clone(&self).drive()).await;
+        if driven.is_none() && self.report.get().is_none() {
+            let now = Instant::now();
+            let times = self.mark(|_| {});
+            let (connections, requests) = self.left();
+            let report = Report::new(
+                Outcome::GaveUp {
+                    connections,
+                    requests,
+                },
+                times.triggered.unwrap_or(now),
+                times.drain.unwrap_or(now),
+                times.force,
+                now,
+                connections,
+                requests,
+                self.counters.panics(),
+            );
+            let _ = self.report.set(report);
+            // Whatever still waits for drain start or the stop deadline gets it now.
+            self.draining.store(true, Ordering::Release);
+            self.drain.cancel();
+            self.forced.store(true, Ordering::Release);
+            self.force.cancel();
+            self.done.cancel();
+        }
     }
 
     /// The lifecycle, from trigger to report. Runs on its own task, once.
@@ -614,6 +646,7 @@ impl Inner {
             Instant::now(),
             connections_at_drain,
             requests_at_drain,
+            self.counters.panics(),
         );
         metrics_impl::done(report.total());
         tracing::info!(outcome = ?report.outcome(), total = ?report.total(), "shutdown done");

@@ -5,6 +5,7 @@ use std::io;
 
 use tokio::runtime::Handle;
 
+use crate::task::{catch_panics, Task};
 use crate::{Error, SecondSignal, Shutdown};
 
 /// A signal that asks for a shutdown.
@@ -84,33 +85,39 @@ impl Shutdown {
             Error::Config("trigger_on_signals must be called inside a tokio runtime")
         })?;
         let _guard = handle.enter();
-        let mut signals = Signals::new().map_err(Error::Signal)?;
+        let signals = Signals::new().map_err(Error::Signal)?;
         let shutdown = self.clone();
         handle.spawn(async move {
-            let done = shutdown.wait();
-            tokio::pin!(done);
-            let first = tokio::select! {
-                signal = signals.recv() => signal,
-                _ = &mut done => return,
-            };
-            tracing::info!(signal = %first, "signal received: shutting down gracefully");
-            shutdown.trigger();
-            loop {
-                let again = tokio::select! {
-                    signal = signals.recv() => signal,
-                    _ = &mut done => return,
-                };
-                match shutdown.second_signal() {
-                    SecondSignal::Escalate => {
-                        tracing::warn!(signal = %again, "second signal: force-closing now");
-                        shutdown.force();
-                    }
-                    SecondSignal::Ignore => {
-                        tracing::info!(signal = %again, "signal received: shutdown already under way");
-                    }
-                }
-            }
+            let listening = listen(shutdown.clone(), signals);
+            catch_panics(Task::Signals, &shutdown.inner.counters, listening).await;
         });
         Ok(())
+    }
+}
+
+/// Triggers `shutdown` on the first signal; each later one escalates or is logged.
+async fn listen(shutdown: Shutdown, mut signals: Signals) {
+    let done = shutdown.wait();
+    tokio::pin!(done);
+    let first = tokio::select! {
+        signal = signals.recv() => signal,
+        _ = &mut done => return,
+    };
+    tracing::info!(signal = %first, "signal received: shutting down gracefully");
+    shutdown.trigger();
+    loop {
+        let again = tokio::select! {
+            signal = signals.recv() => signal,
+            _ = &mut done => return,
+        };
+        match shutdown.second_signal() {
+            SecondSignal::Escalate => {
+                tracing::warn!(signal = %again, "second signal: force-closing now");
+                shutdown.force();
+            }
+            SecondSignal::Ignore => {
+                tracing::info!(signal = %again, "signal received: shutdown already under way");
+            }
+        }
     }
 }

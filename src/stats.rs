@@ -27,6 +27,10 @@ pub struct Stats {
     pub force_closed: u64,
     /// Requests started so far.
     pub requests: u64,
+    /// Tasks spawned by the crate that panicked so far: connections (whose HTTP/1
+    /// handlers run inside them), HTTP/2 streams (whose handlers run there), and the
+    /// crate's own tasks. Each panic is also logged at `ERROR`.
+    pub panics: u64,
 }
 
 /// Open connections by state, in [`Stats`].
@@ -71,6 +75,7 @@ pub(crate) struct Counters {
     closed: AtomicU64,
     force_closed: AtomicU64,
     requests: AtomicU64,
+    panics: AtomicU64,
 }
 
 impl Counters {
@@ -117,6 +122,15 @@ impl Counters {
         metrics_impl::request_started();
     }
 
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        metrics_impl::panicked();
+    }
+
+    pub(crate) fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn snapshot(&self, phase: Phase, in_flight: usize) -> Stats {
         let accepted = self.accepted.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
@@ -138,6 +152,7 @@ impl Counters {
             closed,
             force_closed: self.force_closed.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+            panics: self.panics(),
         }
     }
 }
@@ -170,6 +185,9 @@ pub mod names {
     pub const REQUESTS: &str = "httpdown_requests_total";
     /// Gauge: requests in flight.
     pub const IN_FLIGHT: &str = "httpdown_requests_in_flight";
+    /// Counter: tasks spawned by the crate (connections, HTTP/2 streams, its own) that
+    /// panicked.
+    pub const PANICS: &str = "httpdown_task_panics_total";
 }
 
 #[cfg(feature = "metrics")]
@@ -232,6 +250,10 @@ pub(crate) mod metrics_impl {
         metrics::counter!(names::KILL_TIMEOUT).increment(1);
     }
 
+    pub(crate) fn panicked() {
+        metrics::counter!(names::PANICS).increment(1);
+    }
+
     pub(crate) fn done(total: Duration) {
         metrics::histogram!(names::STOP_TIME).record(total.as_secs_f64());
     }
@@ -253,5 +275,6 @@ pub(crate) mod metrics_impl {
     pub(crate) fn drain_started() {}
     pub(crate) fn forced(_connections: usize) {}
     pub(crate) fn gave_up() {}
+    pub(crate) fn panicked() {}
     pub(crate) fn done(_total: Duration) {}
 }

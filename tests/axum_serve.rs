@@ -49,7 +49,7 @@ async fn the_layer_alone_ends_an_endless_stream_at_the_stop_deadline() {
         .expect("axum::serve still running after the stop deadline")
         .unwrap()
         .unwrap();
-    let report = shutdown.wait().await;
+    let report = no_panics(shutdown.wait().await);
     assert_eq!(
         report.outcome(),
         Outcome::Forced {
@@ -76,7 +76,7 @@ async fn the_layer_alone_waits_for_in_flight_requests() {
     shutdown.trigger();
     let (rest, _) = read_to_end(&mut client).await;
     assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
-    let report = shutdown.wait().await;
+    let report = no_panics(shutdown.wait().await);
     assert_eq!(report.outcome(), Outcome::Drained);
     assert!(report.drain() >= Duration::from_millis(250), "{report}");
     tokio::time::timeout(BOUND, server)

@@ -115,7 +115,7 @@ async fn malformed_and_oversize_requests_get_the_right_status() {
     assert!(response.ends_with("hello"), "{response:?}");
     assert_eq!(shutdown.in_flight(), 0);
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
@@ -148,7 +148,7 @@ async fn a_client_resetting_mid_body_leaks_nothing() {
     let stats = shutdown.stats();
     assert_eq!((stats.accepted, stats.closed), (20, 20));
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
@@ -182,11 +182,7 @@ async fn slowloris_heads_are_cut_by_the_header_read_timeout_and_the_stop_deadlin
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     let took = t0.elapsed();
     eprintln!("slowloris x50: shutdown took {took:?} (stop 800 ms): {report}");
     assert!(took < Duration::from_secs(3), "{took:?}");
@@ -212,7 +208,7 @@ async fn a_flood_of_silent_connections_closes_at_drain_start() {
     .expect("not all accepted");
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!(
         "500 silent connections: serve returned {:?} after the trigger",
         t0.elapsed()
@@ -302,6 +298,6 @@ async fn mutated_requests_never_break_the_server() {
     .await
     .expect("something stayed counted");
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }

@@ -114,7 +114,7 @@ async fn round(idle_close: IdleClose) -> Tally {
             .expect("client hung")
             .unwrap();
     }
-    server.await.unwrap().unwrap();
+    common::served(server).await;
     tally
 }
 

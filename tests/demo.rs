@@ -141,6 +141,11 @@ impl Demo {
         let mut stderr = String::new();
         let mut pipe = self.child.stderr.take().unwrap();
         pipe.read_to_string(&mut stderr).await.unwrap();
+        // The panic hook's message, or httpdown's own line for a panic it caught.
+        assert!(
+            !stderr.contains("panicked"),
+            "a task in the demo panicked:\n{stderr}"
+        );
         (status, stderr, exited)
     }
 

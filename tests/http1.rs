@@ -67,7 +67,7 @@ async fn a_request_already_on_an_idle_connection_is_served_with_connection_close
         );
         assert!(text.ends_with("hello"), "round {round}: {text:?}");
         assert_eq!(end, End::Eof, "round {round}");
-        let report = server.await.unwrap().unwrap();
+        let report = served(server).await;
         assert_eq!(report.outcome(), Outcome::Drained, "round {round}");
     }
 }
@@ -114,7 +114,7 @@ async fn pipelined_requests_after_the_current_one_are_not_processed() {
             End::Eof,
             "round {round}: the connection was reset, not closed"
         );
-        let report = server.await.unwrap().unwrap();
+        let report = served(server).await;
         assert_eq!(report.outcome(), Outcome::Drained);
         assert_eq!(shutdown.connections(), 0);
     }
@@ -136,7 +136,7 @@ async fn by_default_an_idle_connection_closes_at_drain_start() {
     let (text, end) = read_to_end(&mut conn).await;
     assert_eq!((text.as_str(), end), ("", End::Eof));
     assert_eq!(Instant::now(), t0, "closed at drain start");
-    server.await.unwrap().unwrap();
+    served(server).await;
 }
 
 /// B23, `AfterNextRequest`: an idle connection stays open for the next request, which is
@@ -175,7 +175,7 @@ async fn after_next_request_serves_one_more_request_then_closes() {
         Duration::from_secs(2),
         "closed when the wait ended"
     );
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained);
     assert_eq!(report.drain(), Duration::from_secs(2));
 }
@@ -213,7 +213,7 @@ async fn min_idle_age_closes_each_connection_once_old_enough() {
         Duration::from_millis(700),
         "the young one closed when it had been idle 1 s"
     );
-    server.await.unwrap().unwrap();
+    served(server).await;
 }
 
 /// B23: a wait longer than the stop timeout still ends at the stop deadline.
@@ -229,7 +229,7 @@ async fn idle_close_waits_never_outlast_the_stop_deadline() {
     read_until(&mut conn, "hello").await;
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now() - t0, Duration::from_secs(3));
     assert_eq!(
         report.outcome(),
@@ -310,7 +310,7 @@ async fn a_close_with_unread_input_lingers_so_a_slow_reader_gets_the_whole_respo
     assert_eq!(end, End::Eof);
     drop(reader);
     drop(writer.await.unwrap());
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained);
 }
 
@@ -343,6 +343,6 @@ async fn after_next_request_keeps_a_busy_connection_for_its_next_request() {
         "{text:?}"
     );
     assert_eq!(end, End::Eof);
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained);
 }

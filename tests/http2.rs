@@ -359,11 +359,7 @@ async fn in_flight_streams_complete_after_a_two_step_goaway() {
     assert_eq!(end, End::Eof, "{h2:#?}");
     assert!(eof_after >= Duration::from_millis(250), "{eof_after:?}");
 
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .expect("serve returned in time")
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     let at = |i: usize| h2.frames[i].at - t0;
     let final_goaway = h2.position(Frame::is_final_goaway).unwrap();
     eprintln!(
@@ -419,11 +415,7 @@ async fn a_stream_opened_before_the_final_goaway_is_served() {
         "RST_STREAM sent: {h2:#?}"
     );
     assert_eq!(end, End::Eof, "{h2:#?}");
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
@@ -484,11 +476,7 @@ async fn a_stream_opened_after_the_final_goaway_is_not_processed() {
         "RST_STREAM sent: {h2:#?}"
     );
     assert_eq!(end, End::Eof, "{h2:#?}");
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.requests_at_drain(), 1, "{report}");
 }
@@ -537,11 +525,7 @@ async fn idle_h2_connections_close_promptly_at_drain_start() {
             "{name}: closed {closed:?} after the trigger"
         );
     }
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     eprintln!("idle h2: {report}");
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.connections_at_drain(), 2, "{report}");
@@ -566,11 +550,7 @@ async fn an_idle_h2_tcp_connection_closes_promptly_at_drain_start() {
         [(MAX_STREAM_ID, NO_ERROR), (0, NO_ERROR)],
         "{h2:#?}"
     );
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     let goaway_after = h2.frames[h2.position(Frame::is_goaway).unwrap()].at - t0;
     eprintln!(
         "idle h2 over TCP: trigger -> GOAWAY {goaway_after:?}, -> EOF {eof_after:?}; {report}"
@@ -600,11 +580,7 @@ async fn a_peer_that_never_answers_the_shutdown_ping_is_closed_at_the_stop_deadl
     assert!(h2.frames.iter().any(Frame::is_ping), "{h2:#?}");
     assert_eq!(h2.frames.last().unwrap().at, t0, "{h2:#?}");
 
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     eprintln!("unanswered PING, idle: client saw {end:?}; {report}");
     assert!(
         matches!(report.outcome(), Outcome::Forced { requests: 0, .. }),
@@ -642,11 +618,7 @@ async fn a_stream_completes_for_a_peer_that_never_answers_the_ping_and_the_conne
         "RST_STREAM sent: {h2:#?}"
     );
 
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     eprintln!(
         "unanswered PING, stream of 1 s: stream ended at {ended:?}, client saw {end:?}; {report}"
     );

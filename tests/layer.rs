@@ -1,5 +1,8 @@
 //! `GracefulLayer` on its own: what counts, for how long, and what the stop deadline does.
 
+mod common;
+
+use common::no_panics;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -298,7 +301,7 @@ async fn cancellation_fires_at_the_stop_deadline_not_at_drain_start() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let err = response.into_body().collect().await.unwrap_err();
     assert!(err.is::<httpdown::Aborted>(), "{err}");
-    let report = shutdown.wait().await;
+    let report = no_panics(shutdown.wait().await);
     assert_eq!(
         report.outcome(),
         Outcome::Forced {
@@ -348,7 +351,7 @@ async fn an_endless_body_is_cut_at_the_stop_deadline() {
     assert_eq!(shutdown.in_flight(), 0);
     feeder.abort();
     assert!(matches!(
-        shutdown.wait().await.outcome(),
+        no_panics(shutdown.wait().await).outcome(),
         Outcome::Forced { requests: 1, .. }
     ));
 }
@@ -391,5 +394,5 @@ async fn requests_after_the_stop_deadline_get_503_with_connection_close() {
         .to_bytes()
         .is_empty());
     drop(held);
-    shutdown.wait().await;
+    no_panics(shutdown.wait().await);
 }

@@ -48,7 +48,7 @@ fn a_forced_shutdown_records_every_statistic() {
         send_get(&mut streaming, "/stream").await;
         read_until(&mut streaming, "tick\n").await;
         shutdown.trigger();
-        let report = server.await.unwrap().unwrap();
+        let report = served(server).await;
         assert_eq!(
             report.outcome(),
             Outcome::Forced {
@@ -122,7 +122,7 @@ fn giving_up_at_the_kill_deadline_is_counted() {
             }));
         let kept = svc.oneshot(http::Request::new(())).await.unwrap();
         shutdown.trigger();
-        let report = shutdown.wait().await;
+        let report = no_panics(shutdown.wait().await);
         assert!(matches!(
             report.outcome(),
             Outcome::GaveUp { requests: 1, .. }

@@ -84,7 +84,7 @@ async fn during_the_drain_delay_readiness_fails_and_requests_are_served_normally
         "{rest:?}"
     );
     assert_eq!(end, End::Eof);
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now() - t0, Duration::from_millis(2_500));
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.drain_delay(), Duration::from_secs(2));
@@ -120,8 +120,8 @@ async fn one_shutdown_coordinates_several_listeners() {
         );
         assert_eq!(end, End::Eof);
     }
-    let public_report = public_server.await.unwrap().unwrap();
-    let admin_report = admin_server.await.unwrap().unwrap();
+    let public_report = served(public_server).await;
+    let admin_report = served(admin_server).await;
     assert_eq!(public_report, admin_report, "one shutdown, one report");
     assert_eq!(public_report.outcome(), Outcome::Drained);
     assert_eq!(public_report.connections_at_drain(), 2);
@@ -185,7 +185,7 @@ async fn stats_follow_connections_through_their_states() {
     assert_eq!((s.closed, s.force_closed), (3, 0));
 
     read_to_end(&mut streaming).await;
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now() - t0, Duration::from_secs(5));
     assert!(matches!(
         report.outcome(),

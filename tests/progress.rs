@@ -21,7 +21,7 @@ async fn shut_down_with_an_endless_stream(shutdown: &Shutdown) -> httpdown::Repo
     let mut conn = get_request_on(&connector, "/stream").await;
     read_until(&mut conn, "tick\n").await;
     shutdown.trigger();
-    server.await.unwrap().unwrap()
+    served(server).await
 }
 
 /// A `MakeWriter` that keeps what the subscriber writes.

@@ -38,7 +38,7 @@ async fn idle_keep_alive_connection_closes_at_drain_start() {
     shutdown.trigger();
     let (rest, end) = read_to_end(&mut idle).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!(
         "idle connection: serve returned {:?} after the trigger",
         t0.elapsed()
@@ -65,7 +65,7 @@ async fn in_flight_streaming_response_completes_then_shutdown_ends() {
         "no terminating chunk: {rest:?}"
     );
     assert_eq!(end, End::Eof);
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!(
         "last response byte to serve returning: {:?}",
         last_byte.elapsed()
@@ -101,7 +101,7 @@ async fn new_connections_are_refused_while_in_flight_responses_stream() {
         rest.contains("end\n") && rest.ends_with("0\r\n\r\n"),
         "{rest:?}"
     );
-    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+    assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
 /// B06: a response written during the drain carries `Connection: close` and the
@@ -126,7 +126,7 @@ async fn responses_during_the_drain_carry_connection_close() {
     );
     assert!(response.ends_with("done"), "{response:?}");
     assert_eq!(end, End::Eof);
-    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+    assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
 /// A keep-alive connection that is busy at drain start serves no further request: after
@@ -141,7 +141,7 @@ async fn a_busy_connection_goes_idle_during_the_drain_and_closes() {
     let (rest, end) = read_to_end(&mut client).await;
     assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
     assert_eq!(end, End::Eof);
-    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+    assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
 /// B07: at the stop deadline the connection is force-closed; the client sees the chunked
@@ -165,7 +165,7 @@ async fn stop_deadline_force_closes_and_the_client_sees_an_incomplete_body() {
         closed_after >= Duration::from_millis(300),
         "{closed_after:?}"
     );
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!("force-close: socket closed {closed_after:?} after the trigger (stop 300ms)");
     assert_eq!(
         report.outcome(),
@@ -198,7 +198,7 @@ async fn force_close_happens_exactly_at_the_stop_deadline() {
     assert_eq!(t0.elapsed(), Duration::from_millis(2_200));
     assert!(!rest.contains("0\r\n\r\n"), "{rest:?}");
     assert_eq!(end, End::Eof);
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.total(), Duration::from_millis(2_200));
     assert_eq!(report.drain(), Duration::from_millis(1_500));
     assert_eq!(report.force(), Some(Duration::ZERO));
@@ -239,7 +239,7 @@ async fn silent_and_half_sent_connections_never_hold_shutdown_past_the_stop_dead
     let (rest, _) = read_to_end(&mut half).await;
     assert!(!rest.contains("200 OK"), "{rest:?}");
     assert_eq!(t0.elapsed(), Duration::from_secs(5));
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(
         report.outcome(),
         Outcome::Forced {
@@ -259,7 +259,7 @@ async fn a_silent_tcp_connection_closes_at_drain_start() {
     shutdown.trigger();
     let (rest, end) = read_to_end(&mut silent).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
-    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+    assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
 /// B11: a listener error is returned; connections already accepted are still served, and
@@ -286,7 +286,7 @@ async fn a_listener_error_is_returned_and_shutdown_still_works() {
     assert_eq!(err.to_string(), "listener failed: listener broke");
 
     assert_eq!(shutdown.in_flight(), 1);
-    let report = shutdown.shutdown().await;
+    let report = no_panics(shutdown.shutdown().await);
     let (rest, _) = read_to_end(&mut client).await;
     assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
     assert_eq!(report.outcome(), Outcome::Drained);
@@ -303,9 +303,9 @@ async fn a_client_disconnecting_mid_request_releases_the_count() {
     assert_eq!(shutdown.in_flight(), 1);
     drop(client);
     wait_for(|| shutdown.in_flight() == 0 && shutdown.connections() == 0).await;
-    let report = shutdown.shutdown().await;
+    let report = no_panics(shutdown.shutdown().await);
     assert_eq!(report.outcome(), Outcome::Drained);
-    server.await.unwrap().unwrap();
+    served(server).await;
 }
 
 /// B34: serving after the shutdown finished, a bind failure and a bad option are clear
@@ -313,7 +313,7 @@ async fn a_client_disconnecting_mid_request_releases_the_count() {
 #[tokio::test]
 async fn misuse_is_a_clear_error() {
     let shutdown = Shutdown::new();
-    shutdown.shutdown().await;
+    no_panics(shutdown.shutdown().await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = httpdown::serve(listener, app(Arc::default()), &shutdown)
         .await
@@ -360,8 +360,11 @@ async fn a_malformed_request_gets_400() {
         response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{response:?}"
     );
-    assert_eq!(shutdown.shutdown().await.outcome(), Outcome::Drained);
-    server.await.unwrap().unwrap();
+    assert_eq!(
+        no_panics(shutdown.shutdown().await).outcome(),
+        Outcome::Drained
+    );
+    served(server).await;
 }
 
 /// HTTP/2 (h2c, prior knowledge) on the same port: a stream in flight at drain start
@@ -396,7 +399,7 @@ async fn h2c_stream_in_flight_completes_across_the_drain() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(server.await.unwrap().unwrap().outcome(), Outcome::Drained);
+    assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
 /// B08 over `serve`: a handler that blocks its thread ignores the force-close; at the kill
@@ -430,7 +433,7 @@ async fn the_kill_deadline_gives_up_on_a_handler_blocking_its_thread() {
 
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = shutdown.wait().await;
+    let report = no_panics(shutdown.wait().await);
     let took = t0.elapsed();
     eprintln!("blocked handler: gave up {took:?} after the trigger ({report})");
     assert_eq!(
@@ -477,4 +480,75 @@ async fn a_trigger_before_serve_runs_still_drains_it() {
     drop(serving);
     let report = tokio::time::timeout(BOUND, shutdown.wait()).await.unwrap();
     assert_eq!(report.outcome(), Outcome::Drained);
+}
+
+/// A handler that panics ends its own connection (HTTP/1) or stream (HTTP/2) only: the
+/// panic is counted in the statistics and the report (never silent), its request is not
+/// left counted, and other connections are served as usual.
+#[tokio::test]
+async fn a_panicking_handler_is_counted_and_ends_only_its_own_connection_or_stream() {
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+
+    let shutdown = shutdown(Duration::from_secs(30));
+    let app = app(Arc::default()).route(
+        "/panic",
+        get(|| async {
+            panic!("a handler panicked on purpose");
+            #[allow(unreachable_code)]
+            ""
+        }),
+    );
+    let (addr, server) = start(app, &shutdown).await;
+
+    // HTTP/1: the connection closes without a response.
+    let mut conn = get_request(addr, "/panic").await;
+    let (text, _) = read_to_end(&mut conn).await;
+    assert_eq!(text, "", "no response to a request whose handler panicked");
+    wait_for(|| shutdown.stats().panics == 1).await;
+
+    // HTTP/2: the stream is reset; the connection goes on serving.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, h2) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let h2 = tokio::spawn(h2);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let failed = sender.send_request(get("/panic")).await;
+    assert!(failed.is_err(), "{failed:?}");
+    wait_for(|| shutdown.stats().panics == 2).await;
+    let response = sender.send_request(get("/")).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body, "hello",
+        "the connection still serves after a stream panicked"
+    );
+
+    // A plain HTTP/1 connection is unaffected.
+    let mut other = get_request(addr, "/").await;
+    read_until(&mut other, "hello").await;
+    drop(other);
+
+    wait_for(|| shutdown.in_flight() == 0).await;
+    shutdown.trigger();
+    tokio::time::timeout(BOUND, h2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let report = server.await.unwrap().unwrap();
+    assert_eq!(report.panics(), 2, "{report}");
+    assert!(
+        report.to_string().contains("; 2 tasks panicked)"),
+        "{report}"
+    );
+    assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+    assert_eq!(shutdown.stats().panics, 2);
 }

@@ -6,6 +6,9 @@
 
 #![cfg(unix)]
 
+mod common;
+
+use common::no_panics;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -69,7 +72,7 @@ async fn a_second_signal_escalates_or_is_ignored_as_configured() {
     );
     assert_eq!(ignoring.in_flight(), 1);
     drop(held);
-    let report = ignoring.wait().await;
+    let report = no_panics(ignoring.wait().await);
     assert_eq!(report.outcome(), Outcome::Drained);
 
     // Escalate (the default): the second signal force-closes at once, long before the

@@ -59,11 +59,7 @@ async fn cycle(n: usize) {
     read_until(&mut busy, if forced { "tick\n" } else { "start\n" }).await;
 
     shutdown.trigger();
-    let report = tokio::time::timeout(BOUND, server)
-        .await
-        .expect("serve did not return")
-        .unwrap()
-        .unwrap();
+    let report = served_in_time(server).await;
     let expected = if forced {
         matches!(report.outcome(), Outcome::Forced { .. })
     } else {

@@ -59,7 +59,7 @@ async fn an_event_stream_ends_cleanly_at_drain_start() {
         !rest.contains("tick 3"),
         "no tick after drain start: {rest:?}"
     );
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now(), t0, "drained at once");
     assert_eq!(report.outcome(), Outcome::Drained);
 }
@@ -83,7 +83,7 @@ async fn an_event_stream_that_ignores_the_drain_is_cut_at_the_stop_deadline() {
         "ticked through the drain: {rest:?}"
     );
     assert!(!rest.contains("0\r\n\r\n"), "cut, not ended: {rest:?}");
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(
         report.outcome(),
         Outcome::Forced {

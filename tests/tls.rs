@@ -99,7 +99,7 @@ async fn an_in_flight_response_completes_over_tls() {
         "{rest:?}"
     );
     assert_eq!(end, End::Eof, "closed with close_notify");
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
@@ -115,7 +115,7 @@ async fn an_idle_tls_connection_closes_at_once_with_close_notify() {
     shutdown.trigger();
     let (rest, end) = read_to_end(&mut conn).await;
     assert_eq!((rest.as_str(), end), ("", End::Eof));
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!(
         "idle TLS connection: serve returned {:?} after the trigger",
         t0.elapsed()
@@ -151,7 +151,7 @@ async fn http2_over_tls_drains() {
         .expect("the stream completes without a reset")
         .to_bytes();
     assert_eq!(rest, "end\n");
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
@@ -171,7 +171,7 @@ async fn a_stalled_handshake_does_not_hold_the_shutdown() {
     assert_eq!(shutdown.connections(), 1);
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now(), t0, "closed at drain start");
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     let (_, end) = read_to_end(&mut stalled).await;
@@ -199,7 +199,7 @@ async fn the_handshake_timeout_closes_a_silent_connection() {
     read_until(&mut conn, "hello").await;
     drop(conn);
     shutdown.trigger();
-    server.await.unwrap().unwrap();
+    served(server).await;
 }
 
 /// At the stop deadline a TLS connection is force-closed like a plain one: the client
@@ -224,7 +224,7 @@ async fn a_tls_stream_is_force_closed_at_the_stop_deadline() {
         End::Error(std::io::ErrorKind::UnexpectedEof),
         "no close_notify"
     );
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(
         report.outcome(),
         Outcome::Forced {

@@ -161,7 +161,7 @@ async fn rounds(idle_close: IdleClose, rounds: usize) -> Tally {
                 .expect("a client hung")
                 .unwrap();
         }
-        let report = server.await.unwrap().unwrap();
+        let report = served(server).await;
         assert_eq!(
             report.outcome(),
             Outcome::Drained,

@@ -89,7 +89,7 @@ async fn a_websocket_is_told_to_go_away_with_1001_and_the_drain_waits_for_it() {
     // Reading on sends our Close answer; then the server closes the connection.
     let end = tokio::time::timeout(BOUND, client.next()).await.unwrap();
     assert!(end.is_none() || matches!(end, Some(Err(_))), "{end:?}");
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     eprintln!("websocket: drained {:?} after the trigger", t0.elapsed());
     let stats = shutdown.stats();
     assert_eq!(
@@ -140,7 +140,7 @@ async fn an_upgraded_connection_is_counted_and_force_closed_at_the_stop_deadline
         !matches!(end, Some(Ok(WsMessage::Close(_)))),
         "a forced close is not a Close handshake: {end:?}"
     );
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(
         report.outcome(),
         Outcome::Forced {
@@ -163,7 +163,7 @@ async fn a_client_that_never_answers_the_close_is_cut_at_the_stop_deadline() {
         .expect("websocket handshake");
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = server.await.unwrap().unwrap();
+    let report = served(server).await;
     assert_eq!(Instant::now() - t0, Duration::from_secs(5));
     assert!(
         matches!(report.outcome(), Outcome::Forced { .. }),
@@ -183,7 +183,7 @@ async fn the_drain_extractor_needs_the_layer_or_serve() {
     read_until(&mut conn, "running").await;
     drop(conn);
     shutdown.trigger();
-    server.await.unwrap().unwrap();
+    served(server).await;
 
     let response = ws_app()
         .oneshot(

@@ -197,3 +197,32 @@ impl Listener for ChannelListener {
         Ok("duplex")
     }
 }
+
+/// Awaits a server task: `serve` returned its report, and no task it spawned panicked.
+pub async fn served(server: JoinHandle<Result<Report, Error>>) -> Report {
+    let report = server
+        .await
+        .expect("the server task failed")
+        .expect("serve returned an error");
+    no_panics(report)
+}
+
+/// Passes `report` on after checking that no task spawned by httpdown panicked: a panic
+/// in a connection, an HTTP/2 stream or the driver otherwise looks like a closed
+/// connection and a clean drain.
+#[track_caller]
+pub fn no_panics(report: Report) -> Report {
+    assert_eq!(
+        report.panics(),
+        0,
+        "a task spawned by httpdown panicked (its message is above): {report}"
+    );
+    report
+}
+
+/// [`served`], bounded by [`BOUND`] (for real-time tests).
+pub async fn served_in_time(server: JoinHandle<Result<Report, Error>>) -> Report {
+    tokio::time::timeout(BOUND, served(server))
+        .await
+        .expect("serve did not return in time")
+}
