@@ -152,42 +152,81 @@ async fn a_client_resetting_mid_body_leaks_nothing() {
     assert_eq!(report.outcome(), Outcome::Drained, "{report}");
 }
 
-/// Slowloris: a head sent one byte at a time is cut by the header-read timeout; while a
-/// shutdown runs, it never holds the shutdown past the stop deadline.
-#[tokio::test]
+/// Slowloris on paused time, over in-memory pipes: a head sent one byte every 20 ms is
+/// cut by the header-read timeout while serving; during a shutdown (header-read timeout
+/// out of the way), 50 of them hold it exactly until the stop deadline and no longer.
+#[tokio::test(start_paused = true)]
 async fn slowloris_heads_are_cut_by_the_header_read_timeout_and_the_stop_deadline() {
-    let (addr, shutdown, server) =
-        server(Duration::from_millis(800), Duration::from_millis(500)).await;
-    let drip = |addr| async move {
-        let mut conn = TcpStream::connect(addr).await.unwrap();
+    const DRIP: Duration = Duration::from_millis(20);
+    let serve_pipes = |stop: Duration, header_read_timeout: Duration| {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(stop)
+            .kill_timeout(Duration::from_secs(1))
+            .build();
+        let (listener, connector) = channel_listener();
+        let server = tokio::spawn(
+            httpdown::serve(listener, bad_input_app(), &shutdown)
+                .header_read_timeout(header_read_timeout)
+                .into_future(),
+        );
+        (shutdown, connector, server)
+    };
+    /// Drips a never-ending head; returns how long until a write failed (the server
+    /// closed), or `None` if it was never cut within a minute.
+    async fn drip(mut conn: tokio::io::DuplexStream) -> Option<Duration> {
         let started = Instant::now();
         for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
             if conn.write_all(&[*byte]).await.is_err() {
-                break;
+                return Some(started.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if started.elapsed() > BOUND {
-                panic!("never cut");
+            if started.elapsed() > Duration::from_secs(60) {
+                return None;
             }
+            tokio::time::sleep(DRIP).await;
         }
-        started.elapsed()
-    };
-    // While serving: the header-read timeout.
-    let cut_after = tokio::time::timeout(BOUND, drip(addr)).await.unwrap();
-    eprintln!("slowloris cut after {cut_after:?} (header-read timeout 500 ms)");
-    assert!(cut_after >= Duration::from_millis(400), "{cut_after:?}");
+        unreachable!("the head never ends")
+    }
 
-    // During a shutdown: many drips, the shutdown ends by the stop deadline.
-    let drips: Vec<_> = (0..50).map(|_| tokio::spawn(drip(addr))).collect();
+    // While serving: the header-read timeout (500 ms) cuts it, and only it.
+    let (shutdown, connector, server) =
+        serve_pipes(Duration::from_millis(800), Duration::from_millis(500));
+    let cut_after = drip(connector.connect()).await.expect("never cut");
+    assert!(
+        cut_after >= Duration::from_millis(500) && cut_after <= Duration::from_millis(500) + DRIP,
+        "cut {cut_after:?} after the first byte; the header-read timeout is 500 ms"
+    );
+    shutdown.trigger();
+    let report = served(server).await;
+    assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+
+    // During a shutdown: 50 drips, each cut at the stop deadline (800 ms after drain
+    // start), and the shutdown ends there, forced.
+    let (shutdown, connector, server) =
+        serve_pipes(Duration::from_millis(800), Duration::from_secs(60));
+    let drips: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(drip(connector.connect())))
+        .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     shutdown.trigger();
-    let report = served_in_time(server).await;
-    let took = t0.elapsed();
-    eprintln!("slowloris x50: shutdown took {took:?} (stop 800 ms): {report}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    let report = served(server).await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(800), "{report}");
+    assert_eq!(
+        report.outcome(),
+        Outcome::Forced {
+            connections: 50,
+            requests: 0
+        },
+        "{report}"
+    );
     for drip in drips {
-        let _ = tokio::time::timeout(BOUND, drip).await.unwrap();
+        let cut_after = drip.await.expect("a drip task failed").expect("never cut");
+        // Started 100 ms before the trigger: cut at the stop deadline, 900 ms in.
+        assert!(
+            cut_after >= Duration::from_millis(900)
+                && cut_after <= Duration::from_millis(900) + DRIP,
+            "cut {cut_after:?} after the first byte, not at the stop deadline"
+        );
     }
 }
 

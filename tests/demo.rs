@@ -149,6 +149,15 @@ impl Demo {
         (status, stderr, exited)
     }
 
+    /// Returns once every connection made so far has been accepted by the demo:
+    /// connections are accepted in the order they completed, so once a later one has
+    /// been served, the earlier ones are in (not waiting in the accept queue, where the
+    /// listener's close would reset them).
+    async fn accepted_so_far(&self) {
+        let mut probe = self.get("/?duration=0s").await;
+        read_until(&mut probe, "0\r\n\r\n").await;
+    }
+
     async fn get(&self, path: &str) -> TcpStream {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
         send_get(&mut stream, path).await;
@@ -321,28 +330,33 @@ async fn an_idle_keep_alive_connection_does_not_delay_exit() {
 async fn a_silent_connection_does_not_delay_exit() {
     let demo = Demo::start(&["--stop-timeout", "1m"]).await;
     let conn = TcpStream::connect(demo.addr).await.unwrap();
-    // Let the server accept it before the signal.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    demo.accepted_so_far().await;
     exits_without_waiting_for(demo, conn).await;
 }
 
+/// The half head holds the drain until the stop deadline (B20 allows it), and no longer:
+/// the report says forced (what was left closed at the stop deadline and then finished),
+/// not given up at the kill deadline, which is set far out so the two cannot be confused.
 #[tokio::test]
 async fn a_half_sent_head_never_holds_exit_past_the_stop_deadline() {
-    let demo = Demo::start(&["--stop-timeout", "1s", "--kill-timeout", "1s"]).await;
+    let demo = Demo::start(&["--stop-timeout", "1s", "--kill-timeout", "1m"]).await;
     let mut conn = TcpStream::connect(demo.addr).await.unwrap();
     conn.write_all(b"GET /?duration=0s HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    demo.accepted_so_far().await;
     let signalled = Instant::now();
     demo.signal("TERM");
     let (status, stderr, exited) = demo.exit().await;
     assert!(status.success(), "{status}: {stderr}");
     let took = exited - signalled;
+    let report = report_line(&stderr);
     assert!(
-        took < Duration::from_secs(5),
-        "held past the stop deadline: {took:?}"
+        report.starts_with("shutdown forced") || report.starts_with("shutdown drained"),
+        "held past the stop deadline: {report}"
     );
+    // Exited (within the bound of `exit`, 20 s) long before the kill deadline (1 m 1 s).
+    assert!(took < Duration::from_secs(30), "{took:?}");
     let (text, _) = read_to_end(&mut conn).await;
     assert!(
         !text.contains("slept"),
@@ -354,9 +368,11 @@ async fn a_half_sent_head_never_holds_exit_past_the_stop_deadline() {
     );
 }
 
+/// Cut at the stop deadline (1 s), not before, and not at the kill deadline, which is
+/// set a minute later so the two cannot be confused.
 #[tokio::test]
 async fn a_long_request_is_cut_at_the_stop_deadline_with_an_incomplete_body() {
-    let demo = Demo::start(&["--stop-timeout", "1s", "--kill-timeout", "1s"]).await;
+    let demo = Demo::start(&["--stop-timeout", "1s", "--kill-timeout", "1m"]).await;
     let pid = demo.pid;
     let mut conn = demo.get("/?duration=30s").await;
     read_until(&mut conn, &format!("going to sleep 30s with pid {pid}\n")).await;
@@ -382,8 +398,8 @@ async fn a_long_request_is_cut_at_the_stop_deadline_with_an_incomplete_body() {
         "cut before the stop deadline: {to_cut:?}"
     );
     assert!(
-        to_cut < Duration::from_secs(5),
-        "cut long after the stop deadline: {to_cut:?}"
+        to_cut < Duration::from_secs(30),
+        "not cut at the stop deadline (1 s) but near the kill deadline (1 m 1 s): {to_cut:?}"
     );
     eprintln!(
         "measured: signal -> cut {to_cut:?} (stop timeout 1s), cut -> exit {:?}; {report}",
@@ -447,9 +463,10 @@ async fn a_second_signal_escalates_without_crashing_or_outlasting_the_deadlines(
         report_line(&stderr).starts_with("shutdown forced"),
         "{stderr}"
     );
+    // Without the escalation the drain would wait for the stop deadline, a minute away.
     let took = exited - second;
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(30),
         "second signal did not escalate: {took:?}"
     );
     eprintln!("measured: second signal -> exit {took:?}");

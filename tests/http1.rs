@@ -89,21 +89,35 @@ async fn pipelined_requests_after_the_current_one_are_not_processed() {
         let (mut reader, mut writer) = conn.into_split();
         let writer = tokio::spawn(async move {
             let pipelined = "GET / HTTP/1.1\r\nHost: test\r\n\r\n".repeat(20_000);
-            // Fails once the server has closed: that is expected.
-            let _ = writer.write_all(pipelined.as_bytes()).await;
-            writer
+            // The lingering close reads (and discards) what the server will not serve, so
+            // every byte is taken: a close with unread input would reset the connection,
+            // and this write (or the reader) would see the reset.
+            let written = writer.write_all(pipelined.as_bytes()).await;
+            (writer, written)
         });
         // A client slow to read: the response ends (and the server closes) before it
         // reads. A close with unread input would reset the connection, and the reset
         // destroys the response the client has not read yet.
         tokio::time::sleep(Duration::from_millis(400)).await;
         let (text, end) = read_to_end(&mut reader).await;
+        // A reset that arrives after the response and the FIN reads as a plain EOF, but
+        // leaves its error on the socket (EPIPE, for a socket that already saw the FIN).
+        let pending = reader.as_ref().take_error();
         // A real client closes once it has read the end of the response.
         drop(reader);
-        drop(writer.await.unwrap());
+        let (writer, written) = writer.await.unwrap();
+        drop(writer);
         assert!(
             text.contains("end\n") && text.ends_with("0\r\n\r\n"),
             "round {round}: {text:?}"
+        );
+        assert!(
+            written.is_ok(),
+            "round {round}: the pipelined input was not read before the close: {written:?}"
+        );
+        assert!(
+            matches!(pending, Ok(None)),
+            "round {round}: the server reset the connection after the response: {pending:?}"
         );
         assert!(
             !text.contains("hello"),

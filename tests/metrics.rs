@@ -13,27 +13,105 @@ use std::time::Duration;
 use common::*;
 use httpdown::{metric_names as names, Outcome, Shutdown};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::MetricKind;
+
+/// What the debugging recorder recorded, summed over every look: its snapshots hand out
+/// what changed since the last one (counters and gauges are swapped to zero).
+#[derive(Clone)]
+struct Recorded {
+    snapshotter: Arc<Snapshotter>,
+    totals: Arc<std::sync::Mutex<HashMap<String, DebugValue>>>,
+}
+
+impl Recorded {
+    /// Every metric by name, labels in braces (`httpdown_connections{state=idle}`), as
+    /// recorded so far.
+    fn values(&self) -> HashMap<String, DebugValue> {
+        let mut totals = self.totals.lock().unwrap();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let (_, key) = key.into_parts();
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = if labels.is_empty() {
+                key.name().to_owned()
+            } else {
+                format!("{}{{{}}}", key.name(), labels.join(","))
+            };
+            let total = match (totals.remove(&name), value) {
+                (None, value) => value,
+                (Some(DebugValue::Counter(a)), DebugValue::Counter(b)) => {
+                    DebugValue::Counter(a + b)
+                }
+                (Some(DebugValue::Gauge(a)), DebugValue::Gauge(b)) => {
+                    DebugValue::Gauge((a.into_inner() + b.into_inner()).into())
+                }
+                (Some(DebugValue::Histogram(mut a)), DebugValue::Histogram(b)) => {
+                    a.extend(b);
+                    DebugValue::Histogram(a)
+                }
+                (before, now) => panic!("{name} changed kind: {before:?} then {now:?}"),
+            };
+            totals.insert(name, total);
+        }
+        // `DebugValue` is not `Clone`.
+        totals
+            .iter()
+            .map(|(name, value)| {
+                let copy = match value {
+                    DebugValue::Counter(n) => DebugValue::Counter(*n),
+                    DebugValue::Gauge(g) => DebugValue::Gauge(*g),
+                    DebugValue::Histogram(h) => DebugValue::Histogram(h.clone()),
+                };
+                (name.clone(), copy)
+            })
+            .collect()
+    }
+
+    /// The connection gauges by state, `[new, active, idle]` (0 for one never recorded).
+    fn connection_gauges(&self) -> [f64; 3] {
+        let values = self.values();
+        ["new", "active", "idle"].map(|state| {
+            match values.get(&format!("{}{{state={state}}}", names::CONNECTIONS)) {
+                Some(DebugValue::Gauge(g)) => g.into_inner(),
+                None => 0.0,
+                other => panic!("{state}: {other:?}"),
+            }
+        })
+    }
+}
 
 /// Runs `test` on a paused current-thread runtime with a debugging recorder installed
-/// for this thread, and returns what it recorded.
-fn recorded(test: impl std::future::Future<Output = ()>) -> Snapshotter {
+/// for this thread, and returns what it recorded. The test gets the same view, to look
+/// at the figures on the way.
+fn recorded<F: std::future::Future<Output = ()>>(test: impl FnOnce(Recorded) -> F) -> Recorded {
     let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
+    let recorded = Recorded {
+        snapshotter: Arc::new(recorder.snapshotter()),
+        totals: Arc::default(),
+    };
+    let during = recorded.clone();
     metrics::with_local_recorder(&recorder, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
             .unwrap()
-            .block_on(test)
+            .block_on(test(during))
     });
-    snapshotter
+    recorded
+}
+
+/// Lets every task that is ready run, without moving the paused clock.
+async fn settle() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
 }
 
 #[test]
 fn a_forced_shutdown_records_every_statistic() {
-    let snapshotter = recorded(async {
+    let snapshotter = recorded(|during| async move {
         let shutdown = Shutdown::builder()
             .stop_timeout(Duration::from_secs(2))
             .kill_timeout(Duration::from_secs(1))
@@ -41,12 +119,19 @@ fn a_forced_shutdown_records_every_statistic() {
         let (listener, connector) = channel_listener();
         let server =
             tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+        // Each connection moves through the states, and the gauge of each state says so.
         let mut idle = connector.connect();
+        settle().await;
+        assert_eq!(during.connection_gauges(), [1.0, 0.0, 0.0], "new");
         send_get(&mut idle, "/").await;
         read_until(&mut idle, "hello").await;
+        settle().await;
+        assert_eq!(during.connection_gauges(), [0.0, 0.0, 1.0], "idle");
         let mut streaming = connector.connect();
         send_get(&mut streaming, "/stream").await;
         read_until(&mut streaming, "tick\n").await;
+        assert_eq!(during.connection_gauges(), [0.0, 1.0, 1.0], "active");
+        assert_eq!(shutdown.stats().connections.active, 1);
         shutdown.trigger();
         let report = served(server).await;
         assert_eq!(
@@ -58,26 +143,13 @@ fn a_forced_shutdown_records_every_statistic() {
         );
     });
 
-    let mut values = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let (kind, key) = key.into_parts();
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = if labels.is_empty() {
-            key.name().to_owned()
-        } else {
-            format!("{}{{{}}}", key.name(), labels.join(","))
-        };
-        values.insert(name, (kind, value));
-    }
+    let values = snapshotter.values();
     let counter = |name: &str| match values.get(name) {
-        Some((MetricKind::Counter, DebugValue::Counter(n))) => *n,
+        Some(DebugValue::Counter(n)) => *n,
         other => panic!("{name}: {other:?} in {values:#?}"),
     };
     let gauge = |name: &str| match values.get(name) {
-        Some((MetricKind::Gauge, DebugValue::Gauge(g))) => g.into_inner(),
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
         other => panic!("{name}: {other:?} in {values:#?}"),
     };
     assert_eq!(counter(names::SERVE), 1);
@@ -94,7 +166,7 @@ fn a_forced_shutdown_records_every_statistic() {
     }
     assert_eq!(gauge(names::IN_FLIGHT), 0.0);
     match values.get(names::STOP_TIME) {
-        Some((MetricKind::Histogram, DebugValue::Histogram(samples))) => {
+        Some(DebugValue::Histogram(samples)) => {
             assert_eq!(samples.len(), 1);
             assert_eq!(samples[0].into_inner(), 2.0, "trigger to done, in seconds");
         }
@@ -108,7 +180,7 @@ fn a_forced_shutdown_records_every_statistic() {
 fn giving_up_at_the_kill_deadline_is_counted() {
     use tower::{Layer, ServiceExt};
 
-    let snapshotter = recorded(async {
+    let snapshotter = recorded(|_| async {
         let shutdown = Shutdown::builder()
             .stop_timeout(Duration::from_secs(1))
             .kill_timeout(Duration::from_secs(1))
@@ -129,12 +201,10 @@ fn giving_up_at_the_kill_deadline_is_counted() {
         ));
         drop(kept);
     });
-    let found = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .any(|(key, _, _, value)| {
-            key.key().name() == names::KILL_TIMEOUT && value == DebugValue::Counter(1)
-        });
-    assert!(found, "{} not counted", names::KILL_TIMEOUT);
+    assert_eq!(
+        snapshotter.values().get(names::KILL_TIMEOUT),
+        Some(&DebugValue::Counter(1)),
+        "{} not counted",
+        names::KILL_TIMEOUT
+    );
 }

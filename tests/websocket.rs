@@ -151,25 +151,59 @@ async fn an_upgraded_connection_is_counted_and_force_closed_at_the_stop_deadline
     assert_eq!(report.total(), Duration::from_secs(5));
 }
 
-/// B25 with the helper and a client that never answers the Close frame: the goodbye is
-/// bounded by the stop deadline.
+/// B25 with the helper and a client that never answers the Close frame: the client gets
+/// the Close frame with 1001 at drain start, and the goodbye is bounded by the stop
+/// deadline. The client speaks raw WebSocket bytes, so nothing answers the Close for it.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_never_answers_the_close_is_cut_at_the_stop_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let shutdown = shutdown(Duration::from_secs(5));
     let (listener, connector) = channel_listener();
     let server = tokio::spawn(httpdown::serve(listener, ws_app(), &shutdown).into_future());
-    let (client, _) = tokio_tungstenite::client_async("ws://test/graceful", connector.connect())
+    let mut client = connector.connect();
+    client
+        .write_all(
+            b"GET /graceful HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
         .await
-        .expect("websocket handshake");
+        .unwrap();
+    let head = read_until(&mut client, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+
     let t0 = Instant::now();
     shutdown.trigger();
+    // The server's Close frame: FIN + opcode 8, unmasked, payload = code 1001 + reason.
+    let mut frame = [0u8; 2];
+    client.read_exact(&mut frame).await.unwrap();
+    assert_eq!(frame[0], 0x88, "a Close frame: {frame:?}");
+    let mut payload = vec![0u8; usize::from(frame[1])];
+    client.read_exact(&mut payload).await.unwrap();
+    assert_eq!(Instant::now(), t0, "the Close frame is sent at drain start");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+    assert_eq!(&payload[2..], httpdown::axum::GOING_AWAY_REASON.as_bytes());
+
+    // Never answered: the connection is cut at the stop deadline, not before.
+    let mut rest = Vec::new();
+    let end = client.read_to_end(&mut rest).await;
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_secs(5),
+        "{end:?} {rest:?}"
+    );
+    assert!(rest.is_empty(), "nothing after the Close frame: {rest:?}");
     let report = served(server).await;
-    assert_eq!(Instant::now() - t0, Duration::from_secs(5));
-    assert!(
-        matches!(report.outcome(), Outcome::Forced { .. }),
+    assert_eq!(report.total(), Duration::from_secs(5));
+    assert_eq!(
+        report.outcome(),
+        Outcome::Forced {
+            connections: 1,
+            requests: 0
+        },
         "{report}"
     );
-    drop(client);
 }
 
 /// The `Drain` extractor reads the phase; without the layer it is a clear 500.
