@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use futures_util::stream;
 use httpdown::{Drain, Shutdown};
 
@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(|| async { "hello\n" }))
         .route(
             "/phase",
-            get(|Extension(drain): Extension<Drain>| async move { format!("{}\n", drain.phase()) }),
+            get(|drain: Drain| async move { format!("{}\n", drain.phase()) }),
         )
         .route("/stream", get(endless))
         .layer(shutdown.layer());

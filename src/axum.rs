@@ -24,8 +24,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use axum::extract::FromRequestParts;
@@ -56,11 +54,14 @@ impl IntoResponse for MissingDrain {
     }
 }
 
+/// The request's drain ([`Drain::current`]); [`MissingDrain`] (a 500 that says what to
+/// add) when the handler does not run inside [`serve`](crate::serve()) or a
+/// [`GracefulLayer`](crate::GracefulLayer).
 impl<S: Send + Sync> FromRequestParts<S> for Drain {
     type Rejection = MissingDrain;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Drain>().cloned().ok_or(MissingDrain)
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Drain::current().ok_or(MissingDrain)
     }
 }
 
@@ -75,8 +76,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Drain {
 /// [`serve`](crate::serve()).
 pub struct GracefulWebSocket {
     socket: WebSocket,
-    drain_started: Pin<Box<dyn Future<Output = ()> + Send>>,
-    stop_deadline: Pin<Box<dyn Future<Output = ()> + Send>>,
+    drain: Drain,
     state: State,
 }
 
@@ -98,8 +98,7 @@ impl GracefulWebSocket {
     pub fn new(socket: WebSocket, drain: Drain) -> Self {
         GracefulWebSocket {
             socket,
-            drain_started: Box::pin(drain.started()),
-            stop_deadline: Box::pin(drain.stop_deadline()),
+            drain,
             state: State::Open,
         }
     }
@@ -114,6 +113,7 @@ impl GracefulWebSocket {
         loop {
             match self.state {
                 State::Closed => return None,
+                State::Open if self.drain.is_started() => self.state = State::SayingGoodbye,
                 State::Open => {
                     tokio::select! {
                         biased;
@@ -123,7 +123,7 @@ impl GracefulWebSocket {
                             }
                             return message;
                         }
-                        _ = &mut self.drain_started => self.state = State::SayingGoodbye,
+                        () = self.drain.started() => self.state = State::SayingGoodbye,
                     }
                 }
                 State::SayingGoodbye => {
@@ -147,7 +147,7 @@ impl GracefulWebSocket {
                             // Data after our Close is discarded (RFC 6455, 5.5.1).
                             Some(Ok(_)) => {}
                         },
-                        _ = &mut self.stop_deadline => self.state = State::Closed,
+                        () = self.drain.stop_deadline() => self.state = State::Closed,
                     }
                 }
             }

@@ -2,6 +2,9 @@
 
 use std::io;
 
+#[cfg(feature = "tls")]
+use crate::BoxError;
+
 /// A failure to serve. Timeouts are not errors: they end in a [`Report`](crate::Report).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,8 +17,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
-    /// The listener failed with an error that is not about one connection. Connections
-    /// already accepted keep being served, and the shutdown still drains them.
+    /// The listener failed with an error that is not about one connection. `serve`
+    /// triggered the shutdown when it happened, and returns this once the shutdown is
+    /// done: the connections it had accepted were drained with the usual deadlines.
     #[error("listener failed: {0}")]
     Accept(#[source] io::Error),
     /// `serve` was called with a [`Shutdown`](crate::Shutdown) that has already finished.
@@ -26,11 +30,30 @@ pub enum Error {
     Signal(#[source] io::Error),
     /// A configuration mistake; the message says what to change.
     #[error("invalid configuration: {0}")]
-    Config(&'static str),
-    /// TLS could not be set up (a certificate or key file missing, unreadable or
-    /// invalid); the message says which file and why.
+    Config(ConfigError),
+    /// TLS could not be set up: a certificate or key file missing, unreadable or
+    /// invalid, or a key that does not suit the certificate.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
+    #[error("TLS setup failed: {what}: {source}")]
+    Tls {
+        /// What failed, naming the file where there is one.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A configuration mistake, in [`Error::Config`]. Its message says what to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// [`Serve::header_read_timeout`](crate::Serve::header_read_timeout) was zero.
+    #[error("header_read_timeout must be greater than zero; pass None to disable it")]
+    ZeroHeaderReadTimeout,
+    /// [`Shutdown::trigger_on_signals`](crate::Shutdown::trigger_on_signals) was called
+    /// outside a tokio runtime.
+    #[error("trigger_on_signals must be called inside a tokio runtime")]
+    NoRuntime,
 }

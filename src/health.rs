@@ -16,7 +16,7 @@ use crate::Shutdown;
 ///
 /// Made by [`Shutdown::readiness`]; a [`Service`] for any request body, answering at
 /// once (it never holds the drain open). For a custom check, use
-/// [`Shutdown::is_ready`].
+/// `!`[`Shutdown::is_triggered`].
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -78,7 +78,7 @@ macro_rules! check_service {
 
 check_service!(
     Readiness,
-    |check: &Readiness| if check.shutdown.is_ready() {
+    |check: &Readiness| if !check.shutdown.is_triggered() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")

@@ -45,31 +45,34 @@
 //! 3. **Drain start**: listeners close, idle connections close, busy HTTP/1 connections
 //!    close after the current response (with `Connection: close`), HTTP/2 gets GOAWAY.
 //!    The stop timer starts.
-//! 4. **Stop deadline** (`stop_timeout`, default 60 s): responses still running are cut
-//!    (the client sees an error, never a body that looks complete) and connection tasks
-//!    are dropped, closing their sockets. The kill timer starts.
+//! 4. **Stop deadline** (`stop_timeout`, default 60 s): what is still running is
+//!    force-closed: responses end with an error (the client never sees a body that looks
+//!    complete) and connection tasks are dropped, closing their sockets. The kill timer
+//!    starts. An **escalation** ([`Shutdown::escalate`], or a second signal) skips here
+//!    at once.
 //! 5. **Kill deadline** (`kill_timeout`, default 60 s after the stop deadline): stop
 //!    waiting for tasks that ignore cancellation (a handler blocking its thread) and
 //!    report how many were left.
 //! 6. **Done** the moment nothing is left: completion is event-driven, never a polling
 //!    tick.
 //!
-//! [`Timeout::Never`] waits forever at a step; `Duration::ZERO` moves on at once.
+//! `Duration::ZERO` moves on at once; `None` (or a duration too long for the clock, such
+//! as `Duration::MAX`) waits forever at that step. No value panics.
 //!
 //! # With plain `axum::serve`
 //!
 //! The layer alone still bounds a shutdown: hand [`Shutdown::drain_started`] to
-//! `with_graceful_shutdown`, and at the stop deadline the layer cuts whatever is still
-//! running, so one endless stream cannot hang axum's shutdown. What only [`serve`] does:
+//! `with_graceful_shutdown`, and at the stop deadline the layer force-closes whatever is
+//! still running, so one endless stream cannot hang axum's shutdown. What only [`serve`] does:
 //! refuse new connections the moment drain starts on every listener it owns, close
 //! connections that sent nothing, drop connection tasks at the stop deadline, and count
 //! connections.
 //!
 //! # Long-lived connections
 //!
-//! Handlers see the shutdown through [`Drain`] (a request extension, and an axum
-//! extractor with the `axum` feature): [`Drain::until_drain`] ends a stream (SSE, long
-//! poll) cleanly at drain start, [`axum::GracefulWebSocket`] closes a WebSocket with
+//! Handlers see the shutdown through [`Drain`] ([`Drain::current`] inside a handler, and
+//! an axum extractor with the `axum` feature): [`Drain::until_drain`] ends a stream (SSE,
+//! long poll) cleanly at drain start, [`axum::GracefulWebSocket`] closes a WebSocket with
 //! code 1001. [`serve`] keeps upgraded connections counted until their socket closes and
 //! force-closes them at the stop deadline, sends HTTP/2 GOAWAY, serves a request already
 //! on an idle HTTP/1 connection rather than dropping it, and offers [`IdleClose`]
@@ -86,11 +89,14 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod conn;
+mod drain;
+mod driver;
 mod error;
 mod health;
 mod layer;
+mod lifecycle;
 mod report;
+mod request;
 mod serve;
 mod shutdown;
 mod signal;
@@ -105,15 +111,17 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
-pub use error::Error;
+pub use drain::Drain;
+pub use error::{ConfigError, Error};
 pub use health::{Liveness, Readiness};
-pub use layer::{Aborted, Drain, Graceful, GracefulLayer, ResponseBody, ResponseFuture};
+pub use layer::{Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
+pub use request::ForceClosed;
 pub use serve::{
     listen_and_serve, serve, IdleClose, Listener, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
 };
 pub use shutdown::{
-    Builder, Phase, SecondSignal, Shutdown, Timeout, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,
+    Builder, Phase, SecondSignal, Shutdown, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,
 };
 pub use stats::{names as metric_names, ConnectionStats, Stats};
 pub use until_drain::UntilDrain;

@@ -7,20 +7,20 @@ use tokio::time::Instant;
 
 /// How a shutdown ended.
 ///
-/// Timeouts are not errors, as in Go's `httpdown`: a forced shutdown is a designed
+/// Timeouts are not errors, as in Go's `httpdown`: a force-closed shutdown is a designed
 /// outcome. Only [`GaveUp`](Outcome::GaveUp) means work may still be running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
     /// Everything finished before the stop deadline.
     Drained,
-    /// The stop deadline passed; this many connections and requests
-    /// were still open and were force-closed, and all of them then finished before the
-    /// kill deadline.
-    Forced {
-        /// Connections force-closed at the stop deadline.
+    /// The stop deadline passed (or the shutdown was escalated): this many connections
+    /// and requests were still open and were force-closed, and all of them then finished
+    /// before the kill deadline.
+    ForceClosed {
+        /// Connections force-closed.
         connections: usize,
-        /// Requests still in flight at the stop deadline.
+        /// Requests still in flight when they were force-closed.
         requests: usize,
     },
     /// The kill deadline passed with this much still running (for example a handler that
@@ -33,16 +33,38 @@ pub enum Outcome {
     },
 }
 
+/// When each step of a shutdown happened, kept by the driver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeline {
+    pub(crate) triggered: Instant,
+    pub(crate) drain_started: Option<Instant>,
+    pub(crate) force_closing: Option<Instant>,
+    /// Set when force-closing began by escalation rather than at the stop deadline.
+    pub(crate) escalated: Option<Instant>,
+}
+
+impl Timeline {
+    pub(crate) fn new(triggered: Instant) -> Self {
+        Timeline {
+            triggered,
+            drain_started: None,
+            force_closing: None,
+            escalated: None,
+        }
+    }
+}
+
 /// What a shutdown did and how long each phase took.
 ///
 /// Its `Display` is one line, suitable for a log:
-/// `shutdown drained in 1.2ms (drain delay 0ns, drain 1.2ms; 1 connection, 1 request at drain start)`.
+/// `shutdown drained in 1.2ms (drain delay 0ns, drain 1.2ms; 1 connection and 1 request at drain start)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     outcome: Outcome,
     drain_delay: Duration,
     drain: Duration,
     force: Option<Duration>,
+    escalated: Option<Duration>,
     total: Duration,
     connections_at_drain: usize,
     requests_at_drain: usize,
@@ -52,21 +74,21 @@ pub struct Report {
 impl Report {
     pub(crate) fn new(
         outcome: Outcome,
-        triggered: Instant,
-        drain_start: Instant,
-        stop_deadline: Option<Instant>,
+        timeline: &Timeline,
         done: Instant,
-        connections_at_drain: usize,
-        requests_at_drain: usize,
+        (connections_at_drain, requests_at_drain): (usize, usize),
         panics: u64,
     ) -> Self {
-        let drain_end = stop_deadline.unwrap_or(done);
+        let since = |from: Instant, to: Instant| to.saturating_duration_since(from);
+        let drain_start = timeline.drain_started.unwrap_or(done);
+        let drain_end = timeline.force_closing.unwrap_or(done);
         Report {
             outcome,
-            drain_delay: drain_start - triggered,
-            drain: drain_end - drain_start,
-            force: stop_deadline.map(|s| done - s),
-            total: done - triggered,
+            drain_delay: since(timeline.triggered, drain_start),
+            drain: since(drain_start, drain_end),
+            force: timeline.force_closing.map(|at| since(at, done)),
+            escalated: timeline.escalated.map(|at| since(timeline.triggered, at)),
+            total: since(timeline.triggered, done),
             connections_at_drain,
             requests_at_drain,
             panics,
@@ -90,15 +112,25 @@ impl Report {
     }
 
     /// Time from drain start to the end of the drain: when the last work finished, or the
-    /// stop deadline.
+    /// stop deadline (or the escalation).
     pub fn drain(&self) -> Duration {
         self.drain
     }
 
-    /// Time from the stop deadline to the end: when the last force-closed task finished,
-    /// or the kill deadline. `None` when the stop deadline was never reached.
+    /// Time from the stop deadline (or the escalation) to the end: when the last
+    /// force-closed task finished, or the kill deadline. `None` when nothing was
+    /// force-closed.
     pub fn force(&self) -> Option<Duration> {
         self.force
+    }
+
+    /// When the shutdown was escalated (a second signal, [`Shutdown::escalate`]), as the
+    /// time from the trigger: force-closing then began at once instead of at the stop
+    /// deadline. `None` when it was not escalated before force-closing.
+    ///
+    /// [`Shutdown::escalate`]: crate::Shutdown::escalate
+    pub fn escalated(&self) -> Option<Duration> {
+        self.escalated
     }
 
     /// Time from the trigger to the end.
@@ -125,7 +157,8 @@ impl Report {
     }
 }
 
-fn plural(n: usize, word: &str) -> String {
+/// `1 request`, `2 requests`.
+pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("{n} {word}")
     } else {
@@ -137,16 +170,22 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.outcome {
             Outcome::Drained => write!(f, "shutdown drained in {:?}", self.total)?,
-            Outcome::Forced {
+            Outcome::ForceClosed {
                 connections,
                 requests,
-            } => write!(
-                f,
-                "shutdown forced in {:?}: closed {} and {} at the stop deadline",
-                self.total,
-                plural(connections, "connection"),
-                plural(requests, "request"),
-            )?,
+            } => {
+                write!(
+                    f,
+                    "shutdown forced in {:?}: force-closed {} and {} ",
+                    self.total,
+                    plural(connections, "connection"),
+                    plural(requests, "request"),
+                )?;
+                match self.escalated {
+                    Some(at) => write!(f, "on escalation, {at:?} after the trigger")?,
+                    None => f.write_str("at the stop deadline")?,
+                }
+            }
             Outcome::GaveUp {
                 connections,
                 requests,

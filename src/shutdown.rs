@@ -1,53 +1,25 @@
-//! The [`Shutdown`] controller: configuration, phase, counts, and the lifecycle driver.
+//! The [`Shutdown`] controller: configuration, phase, counts, the report, and the start
+//! of the driver that runs the lifecycle.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::report::{Outcome, Report};
-use crate::stats::{metrics_impl, Counters};
+use crate::driver::Driver;
+use crate::lifecycle::{Lifecycle, Step};
+use crate::report::Report;
+use crate::stats::Counters;
 use crate::task::{catch_panics, Task};
-use crate::GracefulLayer;
-use crate::Stats;
-
-/// How long to wait at a step of the shutdown before moving on.
-///
-/// A [`Duration`] converts into [`Timeout::After`]; `Duration::ZERO` means "at once".
-/// [`Timeout::Never`] waits for as long as it takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Timeout {
-    /// Move on after this long (`Duration::ZERO`: at once).
-    After(Duration),
-    /// Never move on; wait until the work is done.
-    Never,
-}
-
-impl From<Duration> for Timeout {
-    fn from(duration: Duration) -> Self {
-        Timeout::After(duration)
-    }
-}
-
-impl fmt::Display for Timeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Timeout::After(d) => write!(f, "{d:?}"),
-            Timeout::Never => f.write_str("never"),
-        }
-    }
-}
+use crate::{GracefulLayer, Stats};
 
 /// Where a [`Shutdown`] is in its lifecycle.
 ///
-/// The phases only move forward: `Running` → `Draining` → `Forcing` → `Done`
-/// (`Forcing` is skipped when everything finished before the stop deadline).
+/// The phases only move forward: `Running` → `Draining` → `ForceClosing` → `Done`
+/// (`ForceClosing` is skipped when everything finished before the stop deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Phase {
@@ -57,11 +29,22 @@ pub enum Phase {
     /// normally; from drain start on the listeners are closed, every connection has been
     /// told to finish, and the stop timer runs.
     Draining,
-    /// The stop deadline passed: whatever was left has been force-closed and the kill timer
-    /// runs.
-    Forcing,
+    /// The stop deadline passed (or the shutdown was escalated): whatever was left has
+    /// been force-closed, and the kill timer runs.
+    ForceClosing,
     /// Shutdown finished; the [`Report`] is available.
     Done,
+}
+
+impl Phase {
+    pub(crate) fn of(step: Step) -> Phase {
+        match step {
+            Step::Running => Phase::Running,
+            Step::Triggered | Step::DrainStarted => Phase::Draining,
+            Step::ForceClosing => Phase::ForceClosing,
+            Step::Done => Phase::Done,
+        }
+    }
 }
 
 impl fmt::Display for Phase {
@@ -69,7 +52,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Running => "running",
             Phase::Draining => "draining",
-            Phase::Forcing => "forcing",
+            Phase::ForceClosing => "force-closing",
             Phase::Done => "done",
         })
     }
@@ -79,39 +62,12 @@ impl fmt::Display for Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SecondSignal {
-    /// Skip what is left of the drain delay and the stop timeout: force-close now. The kill
-    /// timeout still bounds the wait that follows.
+    /// Escalate: skip what is left of the drain delay and the stop timeout, and
+    /// force-close now. The kill timeout still bounds the wait that follows.
     #[default]
     Escalate,
     /// Log it and carry on with the shutdown already under way.
     Ignore,
-}
-
-/// Builds a [`Shutdown`] with non-default timeouts.
-///
-/// ```
-/// use std::time::Duration;
-/// use httpdown::{Shutdown, Timeout};
-///
-/// let shutdown = Shutdown::builder()
-///     .stop_timeout(Duration::from_secs(10))
-///     .kill_timeout(Timeout::Never)
-///     .build();
-/// assert_eq!(shutdown.stop_timeout(), Timeout::After(Duration::from_secs(10)));
-/// ```
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct Builder {
-    config: Config,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Config {
-    stop_timeout: Timeout,
-    kill_timeout: Timeout,
-    drain_delay: Duration,
-    second_signal: SecondSignal,
-    progress_interval: Option<Duration>,
 }
 
 /// Both timeouts default to 60 seconds, as in Go's `httpdown`.
@@ -120,11 +76,26 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a shutdown in progress logs what it is waiting for, unless told otherwise.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The configuration of a [`Shutdown`]. Every value is valid: durations too long to add
+/// to the clock (`Duration::MAX`) mean "never".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    /// Drain start to stop deadline; `None`: never.
+    pub(crate) stop_timeout: Option<Duration>,
+    /// Stop deadline to kill deadline; `None`: never.
+    pub(crate) kill_timeout: Option<Duration>,
+    /// Trigger to drain start.
+    pub(crate) drain_delay: Duration,
+    pub(crate) second_signal: SecondSignal,
+    /// `None`: no progress lines.
+    pub(crate) progress_interval: Option<Duration>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            stop_timeout: Timeout::After(DEFAULT_TIMEOUT),
-            kill_timeout: Timeout::After(DEFAULT_TIMEOUT),
+            stop_timeout: Some(DEFAULT_TIMEOUT),
+            kill_timeout: Some(DEFAULT_TIMEOUT),
             drain_delay: Duration::ZERO,
             second_signal: SecondSignal::Escalate,
             progress_interval: Some(DEFAULT_PROGRESS_INTERVAL),
@@ -132,17 +103,41 @@ impl Default for Config {
     }
 }
 
+/// Builds a [`Shutdown`] with a configuration of its own.
+///
+/// Every value is valid: `Duration::ZERO` means "at once", `None` (or a duration too long
+/// to add to the clock, such as `Duration::MAX`) means "never".
+///
+/// ```
+/// use std::time::Duration;
+/// use httpdown::Shutdown;
+///
+/// let shutdown = Shutdown::builder()
+///     .stop_timeout(Duration::from_secs(10))
+///     .kill_timeout(None) // wait for as long as it takes
+///     .build();
+/// assert_eq!(shutdown.stop_timeout(), Some(Duration::from_secs(10)));
+/// assert_eq!(shutdown.kill_timeout(), None);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+}
+
 impl Builder {
     /// How long in-flight work may run after drain start before what is left is
-    /// force-closed. Default 60 s; `Duration::ZERO` force-closes at drain start.
-    pub fn stop_timeout(mut self, timeout: impl Into<Timeout>) -> Self {
+    /// force-closed. Default 60 s; `Duration::ZERO` force-closes at drain start; `None`
+    /// waits for as long as it takes.
+    pub fn stop_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.stop_timeout = timeout.into();
         self
     }
 
     /// How long to wait after the stop deadline for force-closed tasks to finish before
-    /// giving up and reporting what is left. Default 60 s.
-    pub fn kill_timeout(mut self, timeout: impl Into<Timeout>) -> Self {
+    /// giving up and reporting what is left. Default 60 s; `None` waits for as long as
+    /// it takes.
+    pub fn kill_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.kill_timeout = timeout.into();
         self
     }
@@ -157,8 +152,8 @@ impl Builder {
 
     /// How often, while waiting, the shutdown logs a progress line such as
     /// `draining: 3 requests, 5 connections left, stop deadline in 7.2s` (a `tracing`
-    /// event at `INFO`). Default 1 s; `None` turns them off. Phase changes are logged
-    /// either way. Zero is treated as `None`.
+    /// event at `INFO`). Default 1 s; `None` (or zero) turns them off. The steps
+    /// themselves are logged either way.
     pub fn progress_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.progress_interval = interval.into().filter(|d| !d.is_zero());
         self
@@ -177,24 +172,13 @@ impl Builder {
     /// [`Shutdown::trigger`] works from any thread.
     pub fn build(self) -> Shutdown {
         Shutdown {
-            inner: Arc::new(Inner {
+            shared: Arc::new(Shared {
                 config: self.config,
-                triggered: CancellationToken::new(),
-                escalated: CancellationToken::new(),
-                drain: CancellationToken::new(),
-                force: CancellationToken::new(),
-                done: CancellationToken::new(),
-                requests: TaskTracker::new(),
-                connections: TaskTracker::new(),
-                tasks: TaskTracker::new(),
-                servers: TaskTracker::new(),
-                driver_started: AtomicBool::new(false),
-                draining: AtomicBool::new(false),
-                forced: AtomicBool::new(false),
-                runtime: Handle::try_current().ok(),
+                lifecycle: Lifecycle::default(),
                 counters: Counters::default(),
-                times: Mutex::new(Times::default()),
                 report: OnceLock::new(),
+                driver_started: AtomicBool::new(false),
+                runtime: Handle::try_current().ok(),
             }),
         }
     }
@@ -211,8 +195,9 @@ impl Builder {
 /// 2. **Drain delay** (default zero): still accepting, phase [`Phase::Draining`].
 /// 3. **Drain start**: listeners close, idle connections close at once, busy ones close
 ///    after their current response, HTTP/2 gets GOAWAY. The stop timer starts.
-/// 4. **Stop deadline**: in-flight responses are cut (the client sees an error, never a
-///    body that looks complete) and connection tasks are dropped. The kill timer starts.
+/// 4. **Stop deadline**: what is left is force-closed: in-flight responses end with an
+///    error (never a body that looks complete) and connection tasks are dropped. The
+///    kill timer starts. An [escalation](Self::escalate) skips here at once.
 /// 5. **Kill deadline**: stop waiting for tasks that ignore cancellation; report them.
 /// 6. **Done** the moment nothing is left, never on a polling tick.
 ///
@@ -231,48 +216,20 @@ impl Builder {
 /// ```
 #[derive(Clone)]
 pub struct Shutdown {
-    pub(crate) inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-pub(crate) struct Inner {
+struct Shared {
     config: Config,
-    /// Cancelled by the first trigger.
-    triggered: CancellationToken,
-    /// Cancelled to skip straight to the force-close step (second signal).
-    escalated: CancellationToken,
-    /// Cancelled at drain start (after the drain delay).
-    pub(crate) drain: CancellationToken,
-    /// Cancelled at the stop deadline: request-level cancellation and connection abort.
-    pub(crate) force: CancellationToken,
-    /// Cancelled once the report is set.
-    done: CancellationToken,
-    /// Mirrors of `drain` and `force` for the per-request hot path: one atomic load,
-    /// where `CancellationToken::is_cancelled` locks the token's mutex. Each is set
-    /// (Release) just before its token is cancelled.
-    draining: AtomicBool,
-    forced: AtomicBool,
-    /// One token per in-flight request (from `call` until the body ends or drops).
-    pub(crate) requests: TaskTracker,
-    /// One task per accepted connection.
-    pub(crate) connections: TaskTracker,
-    /// Tasks spawned on behalf of connections (HTTP/2 streams).
-    pub(crate) tasks: TaskTracker,
-    /// One token per `serve` built and not yet past its accept loop: a trigger that
-    /// lands before a server starts still waits for it to start and close its listener.
-    pub(crate) servers: TaskTracker,
-    driver_started: AtomicBool,
-    runtime: Option<Handle>,
-    /// Connection and request counters for [`Shutdown::stats`].
-    pub(crate) counters: Counters,
-    times: Mutex<Times>,
+    lifecycle: Lifecycle,
+    counters: Counters,
+    /// Set once, by the driver, before the lifecycle reaches `Done`.
     report: OnceLock<Report>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Times {
-    triggered: Option<Instant>,
-    drain: Option<Instant>,
-    force: Option<Instant>,
+    /// Whether the driver task has been spawned.
+    driver_started: AtomicBool,
+    /// The runtime current when the controller was built, to spawn the driver from a
+    /// trigger outside any runtime.
+    runtime: Option<Handle>,
 }
 
 impl Default for Shutdown {
@@ -285,13 +242,10 @@ impl Shutdown {
     /// A controller with the default configuration: stop and kill timeouts of 60 s each,
     /// no drain delay.
     pub fn new() -> Self {
-        Builder {
-            config: Config::default(),
-        }
-        .build()
+        Shutdown::builder().build()
     }
 
-    /// A builder for a controller with other timeouts.
+    /// A builder for a controller with another configuration.
     pub fn builder() -> Builder {
         Builder {
             config: Config::default(),
@@ -303,24 +257,24 @@ impl Shutdown {
         GracefulLayer::from_shutdown(self.clone())
     }
 
-    /// The stop timeout (drain start to stop deadline).
-    pub fn stop_timeout(&self) -> Timeout {
-        self.inner.config.stop_timeout
+    /// The stop timeout (drain start to stop deadline); `None`: never.
+    pub fn stop_timeout(&self) -> Option<Duration> {
+        self.shared.config.stop_timeout
     }
 
-    /// The kill timeout (stop deadline to kill deadline).
-    pub fn kill_timeout(&self) -> Timeout {
-        self.inner.config.kill_timeout
+    /// The kill timeout (stop deadline to kill deadline); `None`: never.
+    pub fn kill_timeout(&self) -> Option<Duration> {
+        self.shared.config.kill_timeout
     }
 
     /// The drain delay (trigger to drain start).
     pub fn drain_delay(&self) -> Duration {
-        self.inner.config.drain_delay
+        self.shared.config.drain_delay
     }
 
     /// What a second signal does.
     pub fn second_signal(&self) -> SecondSignal {
-        self.inner.config.second_signal
+        self.shared.config.second_signal
     }
 
     /// Starts the shutdown. Sticky and idempotent: later calls join the shutdown under
@@ -330,69 +284,66 @@ impl Shutdown {
     /// the one current when the controller was built; if there is neither, it starts
     /// when one of the async methods ([`wait`](Self::wait), ...) is first polled.
     pub fn trigger(&self) {
-        if !self.inner.triggered.is_cancelled() {
+        let config = &self.shared.config;
+        if self.lifecycle().reach(Step::Triggered) {
             tracing::info!(
-                stop_timeout = %self.inner.config.stop_timeout,
-                kill_timeout = %self.inner.config.kill_timeout,
-                drain_delay = ?self.inner.config.drain_delay,
+                stop_timeout = ?config.stop_timeout,
+                kill_timeout = ?config.kill_timeout,
+                drain_delay = ?config.drain_delay,
                 "shutdown triggered"
             );
         }
-        self.inner.triggered.cancel();
-        self.inner.start_driver();
+        self.start_driver();
     }
 
-    /// Triggers the shutdown if it has not been, and skips straight to the force-close
-    /// step: what is left of the drain delay and of the stop timeout is not waited for.
-    /// The kill timeout still bounds the wait that follows.
-    pub fn force(&self) {
-        self.inner.escalated.cancel();
+    /// Escalates: triggers the shutdown if it has not been, and skips straight to
+    /// force-closing what is left, without waiting for what remains of the drain delay
+    /// or the stop timeout. The kill timeout still bounds the wait that follows. The
+    /// [`Report`] says it was escalated.
+    pub fn escalate(&self) {
+        self.lifecycle().escalate();
         self.trigger();
     }
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        self.inner.phase()
+        Phase::of(self.lifecycle().step())
     }
 
-    /// Whether the shutdown has been triggered.
+    /// Whether the shutdown has been triggered: from here on a readiness check fails
+    /// (see [`Readiness`](crate::Readiness)).
     pub fn is_triggered(&self) -> bool {
-        self.inner.triggered.is_cancelled()
+        self.lifecycle().reached(Step::Triggered)
     }
 
     /// Whether drain start has passed (listeners closed, connections told to finish).
     pub fn is_drain_started(&self) -> bool {
-        self.inner.drain.is_cancelled()
+        self.lifecycle().reached(Step::DrainStarted)
     }
 
-    /// Requests counted by a [`GracefulLayer`] of this controller that have not finished
-    /// (their response body has not ended or been dropped).
+    /// Requests counted for this controller (by [`serve`](crate::serve()) or a
+    /// [`GracefulLayer`]) that have not finished: their response body has not ended or
+    /// been dropped.
     pub fn in_flight(&self) -> usize {
-        self.inner.requests.len()
+        self.lifecycle().requests()
     }
 
     /// Connections accepted by [`serve`](crate::serve()) that are still open.
     pub fn connections(&self) -> usize {
-        self.inner.connections.len()
+        self.lifecycle().connections()
     }
 
     /// A snapshot of the statistics: phase, in-flight requests, open connections by state,
     /// and totals. See [`Stats`].
     pub fn stats(&self) -> Stats {
-        self.inner
+        self.shared
             .counters
-            .snapshot(self.phase(), self.inner.requests.len())
-    }
-
-    /// Whether a readiness check should pass: `false` from the trigger on, drain delay
-    /// included. See [`Readiness`](crate::Readiness).
-    pub fn is_ready(&self) -> bool {
-        !self.is_triggered()
+            .snapshot(self.phase(), self.in_flight())
     }
 
     /// The report, once the shutdown is done.
     pub fn report(&self) -> Option<Report> {
-        self.inner.report.get().copied()
+        self.shared.report.get().copied()
     }
 
     /// Resolves when the shutdown is triggered.
@@ -400,346 +351,125 @@ impl Shutdown {
     /// # Cancel safety
     /// All the phase futures are cancel safe and can be awaited any number of times.
     pub fn triggered(&self) -> impl Future<Output = ()> + Send + 'static {
-        let token = self.inner.triggered.clone();
-        async move { token.cancelled().await }
+        self.lifecycle().reaching(Step::Triggered)
     }
 
     /// Resolves at drain start: after the trigger and the drain delay, when listeners close.
     ///
     /// This is the future to hand to `axum::serve(..).with_graceful_shutdown(..)`.
     pub fn drain_started(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.phase_future(self.inner.drain.clone())
+        self.step_future(Step::DrainStarted)
     }
 
-    /// Resolves at the stop deadline, when what is left is force-closed.
+    /// Resolves at the stop deadline (or an escalation), when what is left is
+    /// force-closed.
     ///
     /// It never resolves if everything finished before the stop deadline.
     pub fn stop_deadline(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.phase_future(self.inner.force.clone())
+        self.step_future(Step::ForceClosing)
     }
 
     /// Waits until the shutdown is triggered and done, and returns its report.
     pub fn wait(&self) -> impl Future<Output = Report> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
+        let shutdown = self.clone();
         async move {
-            inner.triggered.cancelled().await;
-            inner.start_driver();
-            inner.done.cancelled().await;
-            *inner
+            shutdown.step_future(Step::Done).await;
+            *shutdown
+                .shared
                 .report
                 .get()
-                .expect("the report is set before done is signalled")
+                .expect("the report is set before the lifecycle is done")
         }
     }
 
-    /// Triggers the shutdown and waits for its report: Go's `Stop`.
-    pub fn shutdown(&self) -> impl Future<Output = Report> + Send + 'static {
-        self.trigger();
-        self.wait()
+    /// Resolves when `step` is reached; the driver is started when the trigger has
+    /// happened, if it has not been (a trigger outside any runtime).
+    fn step_future(&self, step: Step) -> impl Future<Output = ()> + Send + 'static {
+        let shutdown = self.clone();
+        async move {
+            shutdown.triggered().await;
+            shutdown.start_driver();
+            shutdown.lifecycle().reaching(step).await;
+        }
+    }
+
+    /// The lifecycle: its step, its wake-ups and its trackers.
+    #[inline]
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.shared.lifecycle
+    }
+
+    /// The counters behind [`Stats`].
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     /// Whether two handles control the same shutdown.
-    pub fn ptr_eq(&self, other: &Shutdown) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+    pub(crate) fn same_as(&self, other: &Shutdown) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
-    fn phase_future(&self, token: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
-        async move {
-            inner.triggered.cancelled().await;
-            inner.start_driver();
-            token.cancelled().await
-        }
-    }
-}
-
-impl Inner {
-    pub(crate) fn phase(&self) -> Phase {
-        if self.done.is_cancelled() {
-            Phase::Done
-        } else if self.force.is_cancelled() {
-            Phase::Forcing
-        } else if self.triggered.is_cancelled() {
-            Phase::Draining
-        } else {
-            Phase::Running
-        }
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        self.done.is_cancelled()
-    }
-
-    /// Drain has started (cheap: an atomic load).
-    pub(crate) fn is_draining(&self) -> bool {
-        // Acquire pairs with the Release store before `drain.cancel()`.
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// The stop deadline has passed, or the shutdown was forced (cheap: an atomic load).
-    pub(crate) fn is_forced(&self) -> bool {
-        // Acquire pairs with the Release store before `force.cancel()`.
-        self.forced.load(Ordering::Acquire)
-    }
-
-    fn start_driver(self: &Arc<Self>) {
-        if !self.triggered.is_cancelled() {
+    /// Spawns the driver once the shutdown is triggered, exactly once.
+    fn start_driver(&self) {
+        if !self.is_triggered() {
             return;
         }
         // `swap` makes exactly one caller the one that spawns; AcqRel pairs the winner's
         // store with a loser's read so a failed spawn (no runtime) can be retried later.
-        if self.driver_started.swap(true, Ordering::AcqRel) {
+        if self.shared.driver_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        match Handle::try_current().ok().or_else(|| self.runtime.clone()) {
+        match Handle::try_current()
+            .ok()
+            .or_else(|| self.shared.runtime.clone())
+        {
             Some(handle) => {
-                handle.spawn(Arc::clone(self).run_driver());
+                handle.spawn(self.clone().drive());
             }
-            None => self.driver_started.store(false, Ordering::Release),
+            None => self.shared.driver_started.store(false, Ordering::Release),
         }
     }
 
-    /// Resolves once every connection, connection task and request has finished.
-    async fn all_finished(&self) {
-        self.connections.wait().await;
-        self.tasks.wait().await;
-        self.servers.wait().await;
-        self.requests.wait().await;
-    }
-
-    /// Open connections and in-flight requests. HTTP/2 stream tasks are waited for but
-    /// not counted: their streams are counted as requests, their sockets as connections.
-    fn left(&self) -> (usize, usize) {
-        (self.connections.len(), self.requests.len())
-    }
-
-    fn mark(&self, f: impl FnOnce(&mut Times)) -> Times {
-        let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut times);
-        *times
-    }
-
-    /// Runs [`drive`](Self::drive). Should it panic, the panic is counted and the
-    /// shutdown still ends, at once, with what is left given up on: waiters never hang.
-    async fn run_driver(self: Arc<Self>) {
-        let driven = catch_panics(Task::Driver, &self.counters, Arc::clone(&self).drive()).await;
-        if driven.is_none() && self.report.get().is_none() {
-            let now = Instant::now();
-            let times = self.mark(|_| {});
-            let (connections, requests) = self.left();
-            let report = Report::new(
-                Outcome::GaveUp {
-                    connections,
-                    requests,
-                },
-                times.triggered.unwrap_or(now),
-                times.drain.unwrap_or(now),
-                times.force,
-                now,
-                connections,
-                requests,
-                self.counters.panics(),
-            );
-            let _ = self.report.set(report);
-            // Whatever still waits for drain start or the stop deadline gets it now.
-            self.draining.store(true, Ordering::Release);
-            self.drain.cancel();
-            self.forced.store(true, Ordering::Release);
-            self.force.cancel();
-            self.done.cancel();
-        }
-    }
-
-    /// The lifecycle, from trigger to report. Runs on its own task, once.
-    async fn drive(self: Arc<Self>) {
-        let triggered_at = Instant::now();
-        self.mark(|t| t.triggered = Some(triggered_at));
-
-        let delay = self.config.drain_delay;
-        if !delay.is_zero() {
-            tracing::info!(?delay, "drain delay: still serving, readiness failing");
-            let end = triggered_at + delay;
-            let mut progress = self.progress(triggered_at);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = self.escalated.cancelled() => break,
-                    _ = tokio::time::sleep_until(end) => break,
-                    _ = tick(&mut progress) => self.log_progress("drain delay", "drain start", Some(end)),
-                }
-            }
-        }
-
-        let drain_at = Instant::now();
-        self.mark(|t| t.drain = Some(drain_at));
-        let (connections_at_drain, requests_at_drain) = self.left();
-        self.connections.close();
-        self.tasks.close();
-        self.servers.close();
-        self.requests.close();
-        self.draining.store(true, Ordering::Release);
-        self.drain.cancel();
-        metrics_impl::drain_started();
-        tracing::info!(
-            connections = connections_at_drain,
-            requests = requests_at_drain,
-            stop_timeout = %self.config.stop_timeout,
-            "drain started: listeners closed, connections told to finish"
-        );
-
-        let finished = self.all_finished();
-        tokio::pin!(finished);
-        let stop_at = deadline(drain_at, self.config.stop_timeout);
-        let stop = deadline_sleep(stop_at);
-        tokio::pin!(stop);
-        let mut progress = self.progress(drain_at);
-        let drained = loop {
-            tokio::select! {
-                biased;
-                _ = &mut finished => break true,
-                _ = self.escalated.cancelled() => break false,
-                _ = &mut stop => break false,
-                _ = tick(&mut progress) => self.log_progress("draining", "stop deadline", stop_at),
-            }
+    /// Runs the lifecycle from the trigger to the report. Should the driver panic, the
+    /// panic is counted and the shutdown still ends at once, with what is left given up
+    /// on, so that waiters never hang.
+    async fn drive(self) {
+        let shared = &self.shared;
+        let mut driver = Driver::new(&shared.config, &shared.lifecycle, &shared.counters);
+        let report = match catch_panics(Task::Driver, &shared.counters, driver.run()).await {
+            Some(report) => report,
+            None => driver.abandon(),
         };
-
-        let outcome = if drained {
-            Outcome::Drained
-        } else {
-            let force_at = Instant::now();
-            self.mark(|t| t.force = Some(force_at));
-            let (connections, requests) = self.left();
-            tracing::warn!(
-                connections,
-                requests,
-                kill_timeout = %self.config.kill_timeout,
-                "stop deadline: force-closing what is left"
-            );
-            self.forced.store(true, Ordering::Release);
-            self.force.cancel();
-            metrics_impl::forced(connections);
-            let kill_at = deadline(force_at, self.config.kill_timeout);
-            let kill = deadline_sleep(kill_at);
-            tokio::pin!(kill);
-            let mut progress = self.progress(force_at);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut finished => break Outcome::Forced { connections, requests },
-                    _ = &mut kill => {
-                        let (connections, requests) = self.left();
-                        tracing::error!(connections, requests, "kill deadline: giving up on what is left");
-                        metrics_impl::gave_up();
-                        break Outcome::GaveUp { connections, requests };
-                    }
-                    _ = tick(&mut progress) => self.log_progress("forcing", "kill deadline", kill_at),
-                }
-            }
-        };
-
-        let times = self.mark(|_| {});
-        let report = Report::new(
-            outcome,
-            triggered_at,
-            drain_at,
-            times.force,
-            Instant::now(),
-            connections_at_drain,
-            requests_at_drain,
-            self.counters.panics(),
-        );
-        metrics_impl::done(report.total());
-        tracing::info!(outcome = ?report.outcome(), total = ?report.total(), "shutdown done");
-        // The report is set before `done` is cancelled: `wait` relies on it.
-        let _ = self.report.set(report);
-        self.done.cancel();
-    }
-}
-
-/// The instant `timeout` after `start`, or `None` for never.
-fn deadline(start: Instant, timeout: Timeout) -> Option<Instant> {
-    match timeout {
-        Timeout::After(d) => start.checked_add(d),
-        Timeout::Never => None,
-    }
-}
-
-/// Sleeps until `deadline`, or forever for `None`.
-async fn deadline_sleep(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next progress tick, or never when progress lines are off.
-async fn tick(progress: &mut Option<tokio::time::Interval>) {
-    match progress {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-impl Inner {
-    /// Progress ticks every `progress_interval` from `start` (the first one interval in).
-    fn progress(&self, start: Instant) -> Option<tokio::time::Interval> {
-        self.config.progress_interval.map(|every| {
-            let mut interval = tokio::time::interval_at(start + every, every);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            interval
-        })
-    }
-
-    /// Logs one progress line: `draining: 3 requests, 5 connections left, stop deadline
-    /// in 7.2s`.
-    fn log_progress(&self, step: &str, next: &str, at: Option<Instant>) {
-        let (connections, requests) = self.left();
-        let remaining = match at {
-            Some(at) => format!(
-                "{next} in {:.1}s",
-                at.saturating_duration_since(Instant::now()).as_secs_f64()
-            ),
-            None => format!("no {next}"),
-        };
-        tracing::info!(
-            requests,
-            connections,
-            "{step}: {requests} {}, {connections} {} left, {remaining}",
-            if requests == 1 { "request" } else { "requests" },
-            if connections == 1 {
-                "connection"
-            } else {
-                "connections"
-            },
-        );
+        // The report is set before `Done` is reached: `wait` relies on it.
+        let _ = shared.report.set(report);
+        shared.lifecycle.reach(Step::Done);
     }
 }
 
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &self.inner;
+        let config = &self.shared.config;
         let mut d = f.debug_struct("Shutdown");
-        d.field("phase", &inner.phase())
-            .field("in_flight", &inner.requests.len())
-            .field("connections", &inner.connections.len())
-            .field("tasks", &inner.tasks.len())
-            .field("stop_timeout", &inner.config.stop_timeout)
-            .field("kill_timeout", &inner.config.kill_timeout)
-            .field("drain_delay", &inner.config.drain_delay);
-        if let Some(report) = inner.report.get() {
+        d.field("phase", &self.phase())
+            .field("in_flight", &self.in_flight())
+            .field("connections", &self.connections())
+            .field("stop_timeout", &config.stop_timeout)
+            .field("kill_timeout", &config.kill_timeout)
+            .field("drain_delay", &config.drain_delay);
+        if let Some(report) = self.shared.report.get() {
             d.field("report", report);
         }
         d.finish()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Outcome;
     use crate::Graceful;
     use std::convert::Infallible;
+    use tokio::time::Instant;
     use tower::{service_fn, Service, ServiceExt};
 
     /// Lets every task that is ready at this instant run, without moving the clock.
@@ -763,14 +493,8 @@ mod tests {
     #[test]
     fn defaults_are_sixty_seconds_each() {
         let shutdown = Shutdown::new();
-        assert_eq!(
-            shutdown.stop_timeout(),
-            Timeout::After(Duration::from_secs(60))
-        );
-        assert_eq!(
-            shutdown.kill_timeout(),
-            Timeout::After(Duration::from_secs(60))
-        );
+        assert_eq!(shutdown.stop_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(shutdown.kill_timeout(), Some(Duration::from_secs(60)));
         assert_eq!(shutdown.drain_delay(), Duration::ZERO);
         assert_eq!(shutdown.second_signal(), SecondSignal::Escalate);
         assert_eq!(shutdown.phase(), Phase::Running);
@@ -780,7 +504,10 @@ mod tests {
     async fn no_traffic_returns_at_once() {
         let shutdown = Shutdown::new();
         let start = Instant::now();
-        let report = shutdown.shutdown().await;
+        let report = {
+            shutdown.trigger();
+            shutdown.wait().await
+        };
         assert_eq!(report.outcome(), Outcome::Drained);
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(report.total(), Duration::ZERO);
@@ -795,13 +522,13 @@ mod tests {
         let start = Instant::now();
         shutdown.trigger();
         settle().await;
-        assert_eq!(shutdown.phase(), Phase::Forcing);
+        assert_eq!(shutdown.phase(), Phase::ForceClosing);
         drop(held);
         let report = shutdown.wait().await;
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(
             report.outcome(),
-            Outcome::Forced {
+            Outcome::ForceClosed {
                 connections: 0,
                 requests: 1
             }
@@ -811,8 +538,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn never_waits_forever_for_work() {
         let shutdown = Shutdown::builder()
-            .stop_timeout(Timeout::Never)
-            .kill_timeout(Timeout::Never)
+            .stop_timeout(None)
+            .kill_timeout(None)
             // On paused time, a progress line a second for a year is 31 million wake-ups.
             .progress_interval(None)
             .build();
@@ -867,7 +594,7 @@ mod tests {
         settle().await;
         assert_eq!(
             shutdown.phase(),
-            Phase::Forcing,
+            Phase::ForceClosing,
             "not forced at the stop deadline"
         );
 
@@ -875,7 +602,7 @@ mod tests {
         settle().await;
         assert_eq!(
             shutdown.phase(),
-            Phase::Forcing,
+            Phase::ForceClosing,
             "gave up before the kill deadline"
         );
         let report = shutdown.wait().await;
@@ -929,7 +656,10 @@ mod tests {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(100 * i)).await;
-                    shutdown.shutdown().await
+                    {
+                        shutdown.trigger();
+                        shutdown.wait().await
+                    }
                 })
             })
             .collect();
@@ -956,7 +686,7 @@ mod tests {
         let t0 = Instant::now();
         shutdown.trigger();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        shutdown.force();
+        shutdown.escalate();
         let report = shutdown.wait().await;
         assert_eq!(t0.elapsed(), Duration::from_millis(1_010));
         assert_eq!(report.drain_delay(), Duration::from_millis(10));
@@ -985,5 +715,116 @@ mod tests {
         let text = format!("{shutdown:?}");
         assert!(text.contains("phase: Running"), "{text}");
         assert!(text.contains("in_flight: 0"), "{text}");
+    }
+
+    /// No configuration value panics or hangs: `Duration::MAX` anywhere means "never"
+    /// (and a zero progress interval means no progress lines).
+    #[tokio::test(start_paused = true)]
+    async fn duration_max_means_never_everywhere() {
+        // Stop and kill timeouts: wait for the work, however long.
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::MAX)
+            .kill_timeout(Duration::MAX)
+            .progress_interval(Duration::MAX)
+            .build();
+        let held = stuck_request(&shutdown).await;
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+        assert_eq!(shutdown.phase(), Phase::Draining);
+        drop(held);
+        assert_eq!(shutdown.wait().await.outcome(), Outcome::Drained);
+
+        // A drain delay that never ends: still serving, until an escalation.
+        let shutdown = Shutdown::builder()
+            .drain_delay(Duration::MAX)
+            .kill_timeout(Duration::from_secs(1))
+            // On paused time, a progress line a second for ten years is 315 million
+            // wake-ups.
+            .progress_interval(None)
+            .build();
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        assert!(!shutdown.is_drain_started());
+        let t0 = Instant::now();
+        shutdown.escalate();
+        let report = shutdown.wait().await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(
+            report.outcome(),
+            Outcome::ForceClosed {
+                connections: 0,
+                requests: 0
+            }
+        );
+
+        // The largest timeouts the clock can still add: far away, never a panic.
+        let far = Duration::from_secs(u64::MAX / 4);
+        let shutdown = Shutdown::builder()
+            .stop_timeout(far)
+            .kill_timeout(far)
+            .drain_delay(Duration::ZERO)
+            .progress_interval(far)
+            .build();
+        let held = stuck_request(&shutdown).await;
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(held);
+        assert_eq!(shutdown.wait().await.outcome(), Outcome::Drained);
+        assert_eq!(
+            Shutdown::builder()
+                .progress_interval(Duration::ZERO)
+                .build()
+                .phase(),
+            Phase::Running
+        );
+    }
+
+    /// An escalation during the drain is reported as one, with its time, and is not the
+    /// stop deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_escalation_is_reported_as_such() {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(60))
+            .kill_timeout(Duration::from_secs(5))
+            .build();
+        let held = stuck_request(&shutdown).await;
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.escalate();
+        settle().await;
+        assert_eq!(shutdown.phase(), Phase::ForceClosing);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(held);
+        let report = shutdown.wait().await;
+        assert_eq!(report.escalated(), Some(Duration::from_millis(10)));
+        assert_eq!(report.drain(), Duration::from_millis(10));
+        assert_eq!(report.force(), Some(Duration::from_millis(5)));
+        assert_eq!(
+            report.outcome(),
+            Outcome::ForceClosed {
+                connections: 0,
+                requests: 1
+            }
+        );
+        let line = report.to_string();
+        assert!(
+            line.contains("on escalation, 10ms after the trigger"),
+            "{line}"
+        );
+
+        // Not escalated: the stop deadline.
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(1))
+            .build();
+        let held = stuck_request(&shutdown).await;
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(held);
+        let report = shutdown.wait().await;
+        assert_eq!(report.escalated(), None);
+        assert!(
+            report.to_string().contains("at the stop deadline"),
+            "{report}"
+        );
     }
 }

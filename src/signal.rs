@@ -6,7 +6,7 @@ use std::io;
 use tokio::runtime::Handle;
 
 use crate::task::{catch_panics, Task};
-use crate::{Error, SecondSignal, Shutdown};
+use crate::{ConfigError, Error, SecondSignal, Shutdown};
 
 /// A signal that asks for a shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,15 +81,13 @@ impl Shutdown {
     /// [`Error::Config`] outside a tokio runtime; [`Error::Signal`] if the handlers cannot
     /// be installed.
     pub fn trigger_on_signals(&self) -> Result<(), Error> {
-        let handle = Handle::try_current().map_err(|_| {
-            Error::Config("trigger_on_signals must be called inside a tokio runtime")
-        })?;
+        let handle = Handle::try_current().map_err(|_| Error::Config(ConfigError::NoRuntime))?;
         let _guard = handle.enter();
         let signals = Signals::new().map_err(Error::Signal)?;
         let shutdown = self.clone();
         handle.spawn(async move {
             let listening = listen(shutdown.clone(), signals);
-            catch_panics(Task::Signals, &shutdown.inner.counters, listening).await;
+            catch_panics(Task::Signals, shutdown.counters(), listening).await;
         });
         Ok(())
     }
@@ -112,8 +110,8 @@ async fn listen(shutdown: Shutdown, mut signals: Signals) {
         };
         match shutdown.second_signal() {
             SecondSignal::Escalate => {
-                tracing::warn!(signal = %again, "second signal: force-closing now");
-                shutdown.force();
+                tracing::warn!(signal = %again, "second signal: escalating, force-closing now");
+                shutdown.escalate();
             }
             SecondSignal::Ignore => {
                 tracing::info!(signal = %again, "signal received: shutdown already under way");

@@ -241,7 +241,7 @@ pub(crate) mod metrics_impl {
         metrics::counter!(names::STOP).increment(1);
     }
 
-    pub(crate) fn forced(connections: usize) {
+    pub(crate) fn force_closed(connections: usize) {
         metrics::counter!(names::KILL).increment(1);
         metrics::counter!(names::KILL_CONNECTIONS).increment(connections as u64);
     }
@@ -273,7 +273,7 @@ pub(crate) mod metrics_impl {
     pub(crate) fn request_started() {}
     pub(crate) fn request_ended() {}
     pub(crate) fn drain_started() {}
-    pub(crate) fn forced(_connections: usize) {}
+    pub(crate) fn force_closed(_connections: usize) {}
     pub(crate) fn gave_up() {}
     pub(crate) fn panicked() {}
     pub(crate) fn done(_total: Duration) {}

@@ -265,10 +265,10 @@ pub fn config(
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(format!("no usable protocol version: {e}")))?
+        .map_err(|e| tls_error("no usable protocol version", e))?
         .with_no_client_auth()
         .with_single_cert(cert_chain, key)
-        .map_err(|e| Error::Tls(format!("the certificate and key cannot be used: {e}")))?;
+        .map_err(|e| tls_error("the certificate and key cannot be used together", e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -288,22 +288,26 @@ pub fn config_from_pem_files(
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
-            Error::Tls(format!(
-                "cannot read certificates from {}: {e}",
-                cert_file.display()
-            ))
+            let what = format!("cannot read certificates from {}", cert_file.display());
+            tls_error(what, e)
         })?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "no PEM certificate in {}",
-            cert_file.display()
-        )));
+        let what = format!("no PEM certificate in {}", cert_file.display());
+        return Err(tls_error(what, io::Error::from(io::ErrorKind::InvalidData)));
     }
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
-        Error::Tls(format!(
-            "cannot read a private key from {}: {e}",
-            key_file.display()
-        ))
+        let what = format!("cannot read a private key from {}", key_file.display());
+        tls_error(what, e)
     })?;
     config(certs, key)
+}
+
+fn tls_error(
+    what: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Tls {
+        what: what.into(),
+        source: Box::new(source),
+    }
 }

@@ -1,14 +1,14 @@
 //! [`UntilDrain`]: a stream that ends cleanly at drain start.
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 
-use crate::Drain;
+use crate::lifecycle::{Step, StepWait};
+use crate::{Drain, Shutdown};
 
 pin_project! {
     /// A stream that ends cleanly at drain start, optionally with one last item.
@@ -36,7 +36,9 @@ pin_project! {
     pub struct UntilDrain<S: Stream> {
         #[pin]
         stream: S,
-        drain_started: Pin<Box<dyn Future<Output = ()> + Send>>,
+        shutdown: Shutdown,
+        #[pin]
+        drain_started: StepWait,
         last: Option<S::Item>,
         ended: bool,
     }
@@ -46,7 +48,8 @@ impl<S: Stream> UntilDrain<S> {
     pub(crate) fn new(stream: S, drain: &Drain) -> Self {
         UntilDrain {
             stream,
-            drain_started: Box::pin(drain.started()),
+            shutdown: drain.shutdown().clone(),
+            drain_started: StepWait::new(),
             last: None,
             ended: false,
         }
@@ -73,7 +76,14 @@ impl<S: Stream> Stream for UntilDrain<S> {
         if *this.ended {
             return Poll::Ready(None);
         }
-        if this.drain_started.as_mut().poll(cx).is_ready() {
+        let lifecycle = this.shutdown.lifecycle();
+        let started = lifecycle.reached(Step::DrainStarted);
+        let token = lifecycle.token(Step::DrainStarted);
+        if this
+            .drain_started
+            .poll_cancelled(token, started, cx)
+            .is_ready()
+        {
             *this.ended = true;
             return Poll::Ready(this.last.take());
         }

@@ -117,7 +117,7 @@ async fn requests_counted_before_the_end_are_always_waited_for() {
                 assert_eq!(done, last, "done late or early (lost wake-up): {ctx}");
                 assert!(done <= deadline, "drained past the deadline: {ctx}");
             }
-            Outcome::Forced { requests, .. } => {
+            Outcome::ForceClosed { requests, .. } => {
                 assert_eq!(done, deadline, "forced off the stop deadline: {ctx}");
                 // A request ending at the very instant of the deadline may go either way.
                 let open = admitted.iter().filter(|&&end| end > deadline).count();

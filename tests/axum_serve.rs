@@ -52,7 +52,7 @@ async fn the_layer_alone_ends_an_endless_stream_at_the_stop_deadline() {
     let report = no_panics(shutdown.wait().await);
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 0,
             requests: 1
         }

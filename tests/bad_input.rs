@@ -213,7 +213,7 @@ async fn slowloris_heads_are_cut_by_the_header_read_timeout_and_the_stop_deadlin
     assert_eq!(t0.elapsed(), Duration::from_millis(800), "{report}");
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 50,
             requests: 0
         },

@@ -247,26 +247,32 @@ async fn idle_close_waits_never_outlast_the_stop_deadline() {
     assert_eq!(Instant::now() - t0, Duration::from_secs(3));
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 0
         }
     );
 }
 
-#[tokio::test]
-async fn a_zero_idle_close_duration_is_a_configuration_error() {
+/// A zero `IdleClose` duration means the same as `Immediately`: the idle connection
+/// closes at drain start.
+#[tokio::test(start_paused = true)]
+async fn a_zero_idle_close_duration_closes_at_once() {
     for option in [
         IdleClose::MinIdleAge(Duration::ZERO),
         IdleClose::AfterNextRequest(Duration::ZERO),
     ] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
-            .idle_close(option)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{err:?}");
-        assert!(err.to_string().contains("IdleClose::Immediately"), "{err}");
+        let shutdown = shutdown(Duration::from_secs(10));
+        let (connector, server) = serve_on_pipe(&shutdown, option);
+        let mut conn = connector.connect();
+        send_get(&mut conn, "/").await;
+        read_until(&mut conn, "hello").await;
+        let t0 = Instant::now();
+        shutdown.trigger();
+        let (text, end) = read_to_end(&mut conn).await;
+        assert_eq!((text.as_str(), end), ("", End::Eof), "{option:?}");
+        assert_eq!(Instant::now(), t0, "{option:?}: closed at drain start");
+        served(server).await;
     }
 }
 

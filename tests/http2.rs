@@ -583,7 +583,7 @@ async fn a_peer_that_never_answers_the_shutdown_ping_is_closed_at_the_stop_deadl
     let report = served_in_time(server).await;
     eprintln!("unanswered PING, idle: client saw {end:?}; {report}");
     assert!(
-        matches!(report.outcome(), Outcome::Forced { requests: 0, .. }),
+        matches!(report.outcome(), Outcome::ForceClosed { requests: 0, .. }),
         "{report}"
     );
     assert_eq!(report.drain(), Duration::from_secs(5), "{report}");
@@ -623,7 +623,7 @@ async fn a_stream_completes_for_a_peer_that_never_answers_the_ping_and_the_conne
         "unanswered PING, stream of 1 s: stream ended at {ended:?}, client saw {end:?}; {report}"
     );
     assert!(
-        matches!(report.outcome(), Outcome::Forced { requests: 0, .. }),
+        matches!(report.outcome(), Outcome::ForceClosed { requests: 0, .. }),
         "{report}"
     );
     assert_eq!(report.requests_at_drain(), 1, "{report}");

@@ -58,7 +58,7 @@ async fn counts_from_call_until_the_body_ends() {
         "still counted while the body streams"
     );
 
-    let mut body = response.into_body();
+    let mut body = std::pin::pin!(response.into_body());
     tx.send(Bytes::from_static(b"a")).await.unwrap();
     let frame = body.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "a");
@@ -76,7 +76,7 @@ async fn a_full_body_is_released_with_its_last_frame() {
         .layer(service_fn(|_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
         }));
-    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    let mut body = std::pin::pin!(svc.oneshot(Request::new(())).await.unwrap().into_body());
     assert_eq!(shutdown.in_flight(), 1);
     let frame = body.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "hello");
@@ -200,11 +200,7 @@ async fn works_on_an_axum_router_and_in_a_service_builder() {
     let app = Router::new()
         .route(
             "/",
-            get(
-                |axum::Extension(drain): axum::Extension<Drain>| async move {
-                    format!("phase {}", drain.phase())
-                },
-            ),
+            get(|drain: Drain| async move { format!("phase {}", drain.phase()) }),
         )
         .layer(layer);
     let response = app
@@ -257,11 +253,8 @@ async fn cancellation_fires_at_the_stop_deadline_not_at_drain_start() {
     let (phases_tx, mut phases) = mpsc::unbounded_channel();
     let (dropped_tx, mut dropped) = mpsc::unbounded_channel::<tokio::time::Instant>();
     let svc = shutdown.layer().layer(service_fn(move |req: Request<()>| {
-        let drain = req
-            .extensions()
-            .get::<Drain>()
-            .cloned()
-            .expect("drain extension");
+        let _ = req;
+        let drain = Drain::current().expect("the layer makes the request's drain current");
         let phases_tx = phases_tx.clone();
         let dropped_tx = dropped_tx.clone();
         async move {
@@ -300,11 +293,11 @@ async fn cancellation_fires_at_the_stop_deadline_not_at_drain_start() {
     // The response that replaces it fails, so the client sees an error.
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let err = response.into_body().collect().await.unwrap_err();
-    assert!(err.is::<httpdown::Aborted>(), "{err}");
+    assert!(err.is::<httpdown::ForceClosed>(), "{err}");
     let report = no_panics(shutdown.wait().await);
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 0,
             requests: 1
         }
@@ -324,7 +317,7 @@ async fn an_endless_body_is_cut_at_the_stop_deadline() {
         let body = body.take().expect("one request");
         async move { Ok::<_, Infallible>(Response::new(body)) }
     }));
-    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    let mut body = std::pin::pin!(svc.oneshot(Request::new(())).await.unwrap().into_body());
     let t0 = tokio::time::Instant::now();
     shutdown.trigger();
     let feeder = tokio::spawn(async move {
@@ -344,7 +337,7 @@ async fn an_endless_body_is_cut_at_the_stop_deadline() {
             None => panic!("the body ended cleanly"),
         }
     };
-    assert!(err.is::<httpdown::Aborted>());
+    assert!(err.is::<httpdown::ForceClosed>());
     assert_eq!(t0.elapsed(), Duration::from_secs(3));
     assert_eq!(frames, 30, "ticks at 0, 100, ..., 2900 ms");
     assert!(body.frame().await.is_none());
@@ -352,7 +345,7 @@ async fn an_endless_body_is_cut_at_the_stop_deadline() {
     feeder.abort();
     assert!(matches!(
         no_panics(shutdown.wait().await).outcome(),
-        Outcome::Forced { requests: 1, .. }
+        Outcome::ForceClosed { requests: 1, .. }
     ));
 }
 
@@ -376,7 +369,7 @@ async fn requests_after_the_stop_deadline_get_503_with_connection_close() {
         .unwrap();
     shutdown.trigger();
     settle().await;
-    assert_eq!(shutdown.phase(), Phase::Forcing);
+    assert_eq!(shutdown.phase(), Phase::ForceClosing);
     let response = svc
         .ready()
         .await

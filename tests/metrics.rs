@@ -136,7 +136,7 @@ fn a_forced_shutdown_records_every_statistic() {
         let report = served(server).await;
         assert_eq!(
             report.outcome(),
-            Outcome::Forced {
+            Outcome::ForceClosed {
                 connections: 1,
                 requests: 1
             }

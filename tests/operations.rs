@@ -46,7 +46,7 @@ async fn during_the_drain_delay_readiness_fails_and_requests_are_served_normally
         ready.starts_with("HTTP/1.1 200 OK\r\n") && ready.ends_with("ready\n"),
         "{ready}"
     );
-    assert!(shutdown.is_ready());
+    assert!(!shutdown.is_triggered());
 
     // In flight across the whole delay: it ends 0.5 s after drain start, within the 1 s
     // stop timeout only if the stop timer starts at drain start, not at the trigger.
@@ -58,7 +58,7 @@ async fn during_the_drain_delay_readiness_fails_and_requests_are_served_normally
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(shutdown.phase(), Phase::Draining);
     assert!(!shutdown.is_drain_started());
-    assert!(!shutdown.is_ready());
+    assert!(shutdown.is_triggered());
     let ready = fetch(&connector, "/readyz").await;
     assert!(
         ready.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && ready.ends_with("draining\n"),
@@ -200,7 +200,7 @@ async fn stats_follow_connections_through_their_states() {
     assert_eq!(Instant::now() - t0, Duration::from_secs(5));
     assert!(matches!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 1
         }

@@ -69,7 +69,7 @@ async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
         .kill_timeout(Duration::from_secs(2))
         .build();
     let report = shut_down_with_an_endless_stream(&shutdown).await;
-    assert!(matches!(report.outcome(), Outcome::Forced { .. }));
+    assert!(matches!(report.outcome(), Outcome::ForceClosed { .. }));
 
     let lines = captured.lines();
     let progress: Vec<&str> = lines

@@ -169,7 +169,7 @@ async fn stop_deadline_force_closes_and_the_client_sees_an_incomplete_body() {
     eprintln!("force-close: socket closed {closed_after:?} after the trigger (stop 300ms)");
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 1
         }
@@ -242,7 +242,7 @@ async fn silent_and_half_sent_connections_never_hold_shutdown_past_the_stop_dead
     let report = served(server).await;
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 0
         }
@@ -262,10 +262,12 @@ async fn a_silent_tcp_connection_closes_at_drain_start() {
     assert_eq!(served(server).await.outcome(), Outcome::Drained);
 }
 
-/// B11: a listener error is returned; connections already accepted are still served, and
-/// the shutdown still drains them.
+/// B11: a listener error that is not about one connection ends `serve` with that error;
+/// `serve` triggers the shutdown first, so the connections it accepted are not left
+/// unmanaged: the one in flight completes, the idle one closes, and the error comes once
+/// the shutdown is done.
 #[tokio::test]
-async fn a_listener_error_is_returned_and_shutdown_still_works() {
+async fn a_listener_error_drains_the_connections_then_is_returned() {
     let shutdown = shutdown(Duration::from_secs(30));
     let (listener, connector) = channel_listener();
     let server =
@@ -279,18 +281,24 @@ async fn a_listener_error_is_returned_and_shutdown_still_works() {
     let mut second = connector.connect();
     send_get(&mut second, "/").await;
     read_until(&mut second, "hello").await;
-    // ...others end `serve`.
+    assert!(!shutdown.is_triggered());
+    // ...others end `serve`, through a shutdown.
     connector.fail(io::Error::other("listener broke"));
+    let (rest, _) = read_to_end(&mut client).await;
+    assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
+    let (idle, end) = read_to_end(&mut second).await;
+    assert_eq!((idle.as_str(), end), ("", End::Eof));
     let err = server.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::Accept(_)), "{err:?}");
     assert_eq!(err.to_string(), "listener failed: listener broke");
-
-    assert_eq!(shutdown.in_flight(), 1);
-    let report = no_panics(shutdown.shutdown().await);
-    let (rest, _) = read_to_end(&mut client).await;
-    assert!(rest.ends_with("end\n\r\n0\r\n\r\n"), "{rest:?}");
-    assert_eq!(report.outcome(), Outcome::Drained);
+    let report = no_panics(
+        shutdown
+            .report()
+            .expect("done before the error is returned"),
+    );
+    assert_eq!(report.outcome(), Outcome::Drained, "{report}");
     assert_eq!(report.connections_at_drain(), 2);
+    assert_eq!(report.requests_at_drain(), 1);
 }
 
 /// B28: a client that disconnects mid-request does not leak an in-flight count.
@@ -303,7 +311,10 @@ async fn a_client_disconnecting_mid_request_releases_the_count() {
     assert_eq!(shutdown.in_flight(), 1);
     drop(client);
     wait_for(|| shutdown.in_flight() == 0 && shutdown.connections() == 0).await;
-    let report = no_panics(shutdown.shutdown().await);
+    let report = no_panics({
+        shutdown.trigger();
+        shutdown.wait().await
+    });
     assert_eq!(report.outcome(), Outcome::Drained);
     served(server).await;
 }
@@ -313,7 +324,10 @@ async fn a_client_disconnecting_mid_request_releases_the_count() {
 #[tokio::test]
 async fn misuse_is_a_clear_error() {
     let shutdown = Shutdown::new();
-    no_panics(shutdown.shutdown().await);
+    no_panics({
+        shutdown.trigger();
+        shutdown.wait().await
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = httpdown::serve(listener, app(Arc::default()), &shutdown)
         .await
@@ -361,7 +375,11 @@ async fn a_malformed_request_gets_400() {
         "{response:?}"
     );
     assert_eq!(
-        no_panics(shutdown.shutdown().await).outcome(),
+        no_panics({
+            shutdown.trigger();
+            shutdown.wait().await
+        })
+        .outcome(),
         Outcome::Drained
     );
     served(server).await;

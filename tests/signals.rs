@@ -108,7 +108,7 @@ async fn a_second_signal_escalates_or_is_ignored_as_configured() {
         .expect("escalated shutdown did not end by the kill deadline");
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 0,
             requests: 1
         }

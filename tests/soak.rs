@@ -61,7 +61,7 @@ async fn cycle(n: usize) {
     shutdown.trigger();
     let report = served_in_time(server).await;
     let expected = if forced {
-        matches!(report.outcome(), Outcome::Forced { .. })
+        matches!(report.outcome(), Outcome::ForceClosed { .. })
     } else {
         report.outcome() == Outcome::Drained
     };

@@ -86,7 +86,7 @@ async fn an_event_stream_that_ignores_the_drain_is_cut_at_the_stop_deadline() {
     let report = served(server).await;
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 1
         }

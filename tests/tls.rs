@@ -227,7 +227,7 @@ async fn a_tls_stream_is_force_closed_at_the_stop_deadline() {
     let report = served(server).await;
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 1
         }

@@ -143,7 +143,7 @@ async fn an_upgraded_connection_is_counted_and_force_closed_at_the_stop_deadline
     let report = served(server).await;
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 0
         }
@@ -198,7 +198,7 @@ async fn a_client_that_never_answers_the_close_is_cut_at_the_stop_deadline() {
     assert_eq!(report.total(), Duration::from_secs(5));
     assert_eq!(
         report.outcome(),
-        Outcome::Forced {
+        Outcome::ForceClosed {
             connections: 1,
             requests: 0
         },

@@ -1,15 +1,17 @@
 use std::fmt;
-use std::future::Future;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Bound, Guard, ResponseFuture};
-use crate::conn::ConnState;
-use crate::{Phase, Shutdown, UntilDrain};
+use super::ResponseFuture;
+use crate::lifecycle::Step;
+use crate::request::{Counted, CountedFuture};
+use crate::stats::metrics_impl;
+use crate::{Drain, Shutdown};
 
 /// A [`Layer`] that counts in-flight requests for a [`Shutdown`].
 ///
@@ -28,9 +30,10 @@ use crate::{Phase, Shutdown, UntilDrain};
 /// ```
 ///
 /// With the layer alone (for example under plain `axum::serve`), the stop deadline still
-/// holds: a response that has not finished by then is cut, so one endless stream can no
-/// longer hang a shutdown. Closing the listener and idle connections is the server's
-/// job: [`serve`](crate::serve()) does it.
+/// holds: a response that has not finished by then is force-closed, so one endless stream
+/// can no longer hang a shutdown. Closing the listener and idle connections is the
+/// server's job: [`serve`](crate::serve()) does it, and counts every request itself (a
+/// layer of the same controller inside it then counts nothing twice).
 #[derive(Clone)]
 #[must_use]
 pub struct GracefulLayer {
@@ -82,33 +85,18 @@ impl<S> Layer<S> for GracefulLayer {
 #[derive(Clone)]
 pub struct Graceful<S> {
     inner: S,
-    /// The controller, or the connection this service serves when `serve` made it.
-    bound: Bound,
+    shutdown: Shutdown,
 }
 
 impl<S> Graceful<S> {
     /// Wraps `inner`, counting its requests for `shutdown`.
     pub fn new(inner: S, shutdown: Shutdown) -> Self {
-        Graceful {
-            inner,
-            bound: Bound::Shutdown(shutdown),
-        }
-    }
-
-    /// The same service, also keeping `conn`'s request count.
-    pub(crate) fn for_connection(&self, conn: Arc<ConnState>) -> Self
-    where
-        S: Clone,
-    {
-        Graceful {
-            inner: self.inner.clone(),
-            bound: Bound::Conn(conn),
-        }
+        Graceful { inner, shutdown }
     }
 
     /// The controller this middleware counts for.
     pub fn shutdown(&self) -> &Shutdown {
-        self.bound.shutdown()
+        &self.shutdown
     }
 
     /// A reference to the inner service.
@@ -131,7 +119,7 @@ impl<S: fmt::Debug> fmt::Debug for Graceful<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Graceful")
             .field("inner", &self.inner)
-            .field("shutdown", self.shutdown())
+            .field("shutdown", &self.shutdown)
             .finish()
     }
 }
@@ -149,81 +137,66 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // An outer `Graceful` of the same controller (for example the one `serve` adds)
-        // already counts this request: pass it through rather than count it twice.
-        if let Some(drain) = req.extensions().get::<Drain>() {
-            if drain.shutdown().ptr_eq(self.bound.shutdown()) {
-                return ResponseFuture::pass_through(self.inner.call(req));
-            }
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // `serve`, or an outer layer of the same controller, counts this request already.
+        if Drain::current_is(&self.shutdown) {
+            return ResponseFuture::new(CountedFuture::pass_through(self.inner.call(req)));
         }
-        // Count first, then look at the phase: a request counted before the drain's wait
-        // observes an empty tracker is always waited for.
-        let guard = Guard::new(&self.bound);
-        if guard.is_forced() {
-            return ResponseFuture::rejected(guard);
+        let mut guard = LayerGuard::new(&self.shutdown);
+        if guard.is_force_closing() {
+            return ResponseFuture::new(CountedFuture::rejected(guard));
         }
-        req.extensions_mut().insert(Drain {
-            bound: self.bound.clone(),
-        });
-        ResponseFuture::counted(self.inner.call(req), guard)
+        let future = guard.scoped(|| self.inner.call(req));
+        ResponseFuture::new(CountedFuture::counted(future, guard))
     }
 }
 
-/// A request extension that lets a handler observe the shutdown.
-///
-/// [`GracefulLayer`] (and so [`serve`](crate::serve())) inserts it into every request it
-/// counts. In axum it is also an extractor with the `axum` feature (`drain: Drain` as a
-/// handler argument), or `Extension(drain): Extension<httpdown::Drain>` without it.
-///
-/// Request cancellation does not happen at drain start: a handler keeps running until it
-/// finishes or the stop deadline passes. Long-lived handlers (SSE, long polls) can await
-/// [`Drain::started`] to end early and cleanly.
-#[derive(Clone)]
-pub struct Drain {
-    bound: Bound,
+/// Keeps one request counted for the layer's controller while it lives, and holds the
+/// request's [`Drain`], the thread's current one while the request's service runs.
+pub(crate) struct LayerGuard {
+    _token: TaskTrackerToken,
+    /// Always `Some`, except while it is the thread's current drain (inside `scoped`).
+    drain: Option<Drain>,
 }
 
-impl Drain {
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.shutdown().phase()
-    }
-
-    /// Resolves at drain start.
-    pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shutdown().drain_started()
-    }
-
-    /// Resolves at the stop deadline, just before the request is cut.
-    pub fn stop_deadline(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.shutdown().stop_deadline()
-    }
-
-    /// Wraps `stream` so it ends cleanly at drain start. See [`UntilDrain`].
-    pub fn until_drain<St: futures_core::Stream>(&self, stream: St) -> UntilDrain<St> {
-        UntilDrain::new(stream, self)
-    }
-
-    /// The controller.
-    pub fn shutdown(&self) -> &Shutdown {
-        self.bound.shutdown()
-    }
-}
-
-impl Shutdown {
-    /// A [`Drain`] handle on this controller, as handlers get it from the request.
-    pub fn drain(&self) -> Drain {
-        Drain {
-            bound: Bound::Shutdown(self.clone()),
+impl LayerGuard {
+    fn new(shutdown: &Shutdown) -> Self {
+        // Counted first, then the phase is looked at (by the caller): a request counted
+        // before the drain sees an empty tracker is always waited for.
+        let token = shutdown.lifecycle().count_request();
+        shutdown.counters().request_started();
+        LayerGuard {
+            _token: token,
+            drain: Some(shutdown.drain()),
         }
     }
+
+    fn shutdown(&self) -> &Shutdown {
+        self.drain
+            .as_ref()
+            .expect("the drain is back once its scope has ended")
+            .shutdown()
+    }
 }
 
-impl fmt::Debug for Drain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drain")
-            .field("phase", &self.phase())
-            .finish()
+impl Counted for LayerGuard {
+    #[inline]
+    fn is_force_closing(&self) -> bool {
+        self.shutdown().lifecycle().reached(Step::ForceClosing)
+    }
+
+    fn force_token(&self) -> &CancellationToken {
+        self.shutdown().lifecycle().token(Step::ForceClosing)
+    }
+
+    #[inline]
+    fn scoped<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        Drain::scoped(&mut self.drain, f)
+    }
+}
+
+impl Drop for LayerGuard {
+    fn drop(&mut self) {
+        metrics_impl::request_ended();
     }
 }

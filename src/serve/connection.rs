@@ -1,0 +1,463 @@
+//! One connection served by `serve`: what its task, its IO and its requests share
+//! ([`Connection`]), and the task that serves it and closes it at the right moment
+//! ([`run`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::executor::TrackedExecutor;
+use super::io::ConnIo;
+use super::service::ConnService;
+use super::IdleClose;
+use crate::lifecycle::{Lifecycle, Step, StepWait};
+use crate::stats::ConnKind;
+use crate::{BoxError, Shutdown};
+
+/// How long a request whose first bytes had arrived at drain start has to be read.
+const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// What one connection's task, IO and requests share.
+pub(crate) struct Connection {
+    shutdown: Shutdown,
+    /// Requests and the connection's state for the statistics, which change together.
+    /// Only this connection's task and requests take the lock (uncontended for HTTP/1).
+    activity: Mutex<Activity>,
+    /// A response switched protocols: the socket now belongs to an upgrade task.
+    /// `Relaxed`: written before hyper hands the socket to the upgrade, which
+    /// synchronizes through its channel; read by the IO, only as a hint before that.
+    upgraded: AtomicBool,
+    /// The client sent the HTTP/2 preface. Written and read by this connection's task
+    /// (through its IO), so `Relaxed` suffices.
+    http2: AtomicBool,
+    /// The drain-start probe for unread input, between the task and the IO.
+    probe: Probe,
+}
+
+#[derive(Debug)]
+struct Activity {
+    /// Requests in flight on this connection.
+    active: usize,
+    /// Requests started on this connection so far.
+    started: u64,
+    /// When the connection last went idle (or was accepted).
+    idle_since: Instant,
+    kind: ConnKind,
+    /// The socket closed: the gauges no longer count this connection.
+    closed: bool,
+}
+
+impl Connection {
+    /// The state of a connection just accepted.
+    pub(crate) fn new(shutdown: Shutdown) -> Arc<Self> {
+        shutdown.counters().accepted();
+        Arc::new(Connection {
+            shutdown,
+            activity: Mutex::new(Activity {
+                active: 0,
+                started: 0,
+                idle_since: Instant::now(),
+                kind: ConnKind::New,
+                closed: false,
+            }),
+            upgraded: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            probe: Probe::default(),
+        })
+    }
+
+    fn activity(&self) -> MutexGuard<'_, Activity> {
+        // A panic while the lock is held leaves consistent counts (each update is a few
+        // assignments), so a poisoned lock is used as is.
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_kind(&self, activity: &mut Activity, kind: ConnKind) {
+        // An upgraded connection stays upgraded until it closes; a request that ends
+        // after its connection closed (a body dropped late) changes nothing.
+        if activity.kind != ConnKind::Upgraded && !activity.closed {
+            self.shutdown.counters().moved(activity.kind, kind);
+            activity.kind = kind;
+        }
+    }
+
+    /// The shutdown this connection belongs to.
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        self.shutdown.lifecycle()
+    }
+
+    /// A request started on this connection.
+    pub(crate) fn request_began(&self) {
+        // A probe's answer describes the connection before this request: forget it.
+        self.probe.forget();
+        let mut activity = self.activity();
+        activity.active += 1;
+        activity.started += 1;
+        self.set_kind(&mut activity, ConnKind::Active);
+    }
+
+    /// A request on this connection ended (its response body ended or was dropped).
+    pub(crate) fn request_ended(&self) {
+        let mut activity = self.activity();
+        activity.active = activity.active.saturating_sub(1);
+        if activity.active == 0 {
+            activity.idle_since = Instant::now();
+            self.set_kind(&mut activity, ConnKind::Idle);
+        }
+    }
+
+    /// The connection's socket closed.
+    pub(crate) fn closed(&self, force_closed: bool) {
+        let mut activity = self.activity();
+        if !activity.closed {
+            activity.closed = true;
+            self.shutdown.counters().closed(activity.kind, force_closed);
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.activity().active > 0
+    }
+
+    fn requests_started(&self) -> u64 {
+        self.activity().started
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.activity().idle_since
+    }
+
+    /// A response switched protocols: the socket is handed to an upgrade task.
+    pub(crate) fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+        let mut activity = self.activity();
+        self.set_kind(&mut activity, ConnKind::Upgraded);
+    }
+
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The client opened with the HTTP/2 preface.
+    pub(crate) fn mark_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn probe(&self) -> &Probe {
+        &self.probe
+    }
+}
+
+/// The drain-start probe: the connection task asks, the IO looks at the socket on its
+/// next read (before hyper reads it) and answers. Both sides run in the connection's
+/// task, so `Relaxed` suffices.
+#[derive(Debug, Default)]
+pub(crate) struct Probe(AtomicU8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ProbeState {
+    /// Nobody asked, or the answer was forgotten.
+    None = 0,
+    /// The task asked; the IO has not read since.
+    Asked = 1,
+    /// Input was waiting.
+    Input = 2,
+    /// Nothing was waiting.
+    Empty = 3,
+}
+
+impl Probe {
+    fn state(&self) -> ProbeState {
+        match self.0.load(Ordering::Relaxed) {
+            1 => ProbeState::Asked,
+            2 => ProbeState::Input,
+            3 => ProbeState::Empty,
+            _ => ProbeState::None,
+        }
+    }
+
+    fn set(&self, state: ProbeState) {
+        self.0.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Asks the IO to look for unread input on its next read.
+    fn ask(&self) {
+        self.set(ProbeState::Asked);
+    }
+
+    /// Whether the IO has been asked and not yet answered.
+    pub(crate) fn is_asked(&self) -> bool {
+        self.state() == ProbeState::Asked
+    }
+
+    /// The IO's answer.
+    pub(crate) fn answer(&self, input: bool) {
+        self.set(if input {
+            ProbeState::Input
+        } else {
+            ProbeState::Empty
+        });
+    }
+
+    /// `Some(true)` if input was waiting, `Some(false)` if not, `None` if the IO has not
+    /// been read since it was asked (or a request started since).
+    pub(crate) fn result(&self) -> Option<bool> {
+        match self.state() {
+            ProbeState::Input => Some(true),
+            ProbeState::Empty => Some(false),
+            ProbeState::None | ProbeState::Asked => None,
+        }
+    }
+
+    fn forget(&self) {
+        if self.state() != ProbeState::None {
+            self.set(ProbeState::None);
+        }
+    }
+}
+
+/// What ended a wait on the connection.
+enum Event {
+    /// The connection ended (closed by either side, or an error).
+    Ended(Result<(), BoxError>),
+    /// The stop deadline passed: drop the connection.
+    ForceClosing,
+    DrainStarted,
+    RequestStarted,
+    Idle,
+    Deadline,
+}
+
+/// What a wait on the connection waits for, besides its end and the stop deadline.
+#[derive(Default)]
+struct Until {
+    drain_start: bool,
+    /// A request started after this many.
+    request_after: Option<u64>,
+    idle: bool,
+    deadline: Option<Instant>,
+}
+
+/// Serves one connection until it ends: through the drain (idle HTTP/1 connections
+/// closed, busy ones after their response, HTTP/2 with GOAWAY) and, at the stop
+/// deadline, by dropping it, which closes its socket.
+pub(crate) async fn run<I, S, B>(
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    io: ConnIo<I>,
+    service: ConnService<S>,
+    connection: Arc<Connection>,
+    idle_close: IdleClose,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let (drain, force) = (StepWait::new(), StepWait::new());
+    tokio::pin!(drain, force);
+    let mut watch = Watch {
+        connection: &connection,
+        drain,
+        force,
+    };
+    let until_drain = Until {
+        drain_start: true,
+        ..Until::default()
+    };
+    match watch.until(conn.as_mut(), until_drain).await {
+        Event::Ended(result) => return log_end(result),
+        Event::DrainStarted => {}
+        _ => return,
+    }
+
+    // Busy HTTP/1 connections close after the current response, with `Connection: close`;
+    // HTTP/2 gets GOAWAY. An idle HTTP/1 connection (or one that has sent nothing) closes
+    // now, unless a request is already on it or `idle_close` keeps it a little longer.
+    let drain_at = Instant::now();
+    let http1 = !connection.is_http2() && !connection.is_upgraded();
+    if http1 && connection.is_busy() && idle_close != IdleClose::Immediately {
+        // A response begun before drain start carries no `Connection: close`, and its
+        // client may reuse the connection at once: rather than close under it, treat the
+        // connection as idle once that response is done. Responses begun from now on
+        // carry `Connection: close`, and hyper closes after them.
+        let until_idle = Until {
+            idle: true,
+            ..Until::default()
+        };
+        match watch.until(conn.as_mut(), until_idle).await {
+            Event::Ended(result) => return log_end(result),
+            Event::Idle => {}
+            _ => return,
+        }
+    }
+    if http1 && !connection.is_busy() {
+        match idle_hold(conn.as_mut(), &connection, idle_close, drain_at).await {
+            Hold::Finished(result) => return log_end(result),
+            Hold::Until(deadline) => {
+                let until_request = Until {
+                    request_after: Some(connection.requests_started()),
+                    deadline,
+                    ..Until::default()
+                };
+                match watch.until(conn.as_mut(), until_request).await {
+                    Event::Ended(result) => return log_end(result),
+                    Event::RequestStarted | Event::Deadline => {}
+                    _ => return,
+                }
+            }
+            Hold::No => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Event::Ended(result) = watch.until(conn.as_mut(), Until::default()).await {
+        log_end(result);
+    }
+}
+
+fn log_end(result: Result<(), BoxError>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The connection task's waits for drain start and the stop deadline.
+struct Watch<'a> {
+    connection: &'a Connection,
+    drain: Pin<&'a mut StepWait>,
+    force: Pin<&'a mut StepWait>,
+}
+
+impl Watch<'_> {
+    /// Polls the connection until it ends, the stop deadline passes, or what `until`
+    /// asks for happens.
+    ///
+    /// Requests start and end inside the connection's own poll (hyper calls the service
+    /// and polls the response body there), so their counts are read right after it.
+    async fn until<F>(&mut self, mut conn: Pin<&mut F>, until: Until) -> Event
+    where
+        F: Future<Output = Result<(), BoxError>>,
+    {
+        let sleep = until.deadline.map(tokio::time::sleep_until);
+        tokio::pin!(sleep);
+        std::future::poll_fn(|cx| {
+            let lifecycle = self.connection.lifecycle();
+            let step = lifecycle.step();
+            if step >= Step::ForceClosing {
+                return Poll::Ready(Event::ForceClosing);
+            }
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
+            }
+            if until.drain_start && step >= Step::DrainStarted {
+                return Poll::Ready(Event::DrainStarted);
+            }
+            if let Some(seen) = until.request_after {
+                if self.connection.requests_started() != seen {
+                    return Poll::Ready(Event::RequestStarted);
+                }
+            }
+            if until.idle && !self.connection.is_busy() {
+                return Poll::Ready(Event::Idle);
+            }
+            if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    return Poll::Ready(Event::Deadline);
+                }
+            }
+            // The stop deadline only comes after drain start: before it, only drain start
+            // is waited for.
+            if step >= Step::DrainStarted {
+                let force = lifecycle.token(Step::ForceClosing);
+                if self
+                    .force
+                    .as_mut()
+                    .poll_cancelled(force, false, cx)
+                    .is_ready()
+                {
+                    return Poll::Ready(Event::ForceClosing);
+                }
+            } else {
+                let drain = lifecycle.token(Step::DrainStarted);
+                if self
+                    .drain
+                    .as_mut()
+                    .poll_cancelled(drain, false, cx)
+                    .is_ready()
+                {
+                    // Seen on the next poll, in order (the stop deadline first).
+                    cx.waker().wake_by_ref();
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// How long an idle HTTP/1 connection stays open at drain start.
+enum Hold {
+    /// The connection ended while being looked at.
+    Finished(Result<(), BoxError>),
+    /// Until a request starts on it, or this instant (`None`: until the stop deadline).
+    Until(Option<Instant>),
+    /// Close it now.
+    No,
+}
+
+/// How long to keep an idle HTTP/1 connection open at drain start: until the request
+/// whose bytes have already arrived starts (bounded by [`PENDING_INPUT_GRACE`]), or as
+/// `idle_close` says.
+async fn idle_hold<F>(
+    mut conn: Pin<&mut F>,
+    connection: &Connection,
+    idle_close: IdleClose,
+    drain_at: Instant,
+) -> Hold
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    // Poll the connection once with the probe asked: hyper, idle, reads from the socket,
+    // and the IO peeks at it first.
+    connection.probe.ask();
+    let polled = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = polled {
+        return Hold::Finished(result);
+    }
+    if connection.is_busy() || connection.probe.result() == Some(true) {
+        // A request has arrived: give it time to be read and start.
+        return Hold::Until(Instant::now().checked_add(PENDING_INPUT_GRACE));
+    }
+    match idle_close {
+        IdleClose::Immediately => Hold::No,
+        IdleClose::MinIdleAge(age) => Hold::Until(connection.idle_since().checked_add(age)),
+        IdleClose::AfterNextRequest(wait) => Hold::Until(drain_at.checked_add(wait)),
+    }
+}

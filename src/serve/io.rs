@@ -1,0 +1,267 @@
+//! The IO of one connection served by `serve`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use super::connection::Connection;
+use crate::lifecycle::{Step, StepWait};
+use crate::task::{catch_panics, Task};
+
+/// How long a connection closed during the drain with unread input keeps reading (and
+/// discarding) before its socket closes, so the kernel sends FIN rather than a reset that
+/// could destroy the final response before the client reads it. Go waits 500 ms too.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Whether a connection's socket has bytes waiting to be read.
+pub(crate) type PeekFn<I> = fn(&I) -> bool;
+
+/// The IO of one served connection.
+///
+/// - It holds the connection's count in the shutdown, so a connection stays counted for
+///   as long as its socket lives, through an upgrade.
+/// - Once the connection is upgraded, reads and writes fail from the stop deadline on,
+///   so a WebSocket task that ignores the drain still lets go of its socket.
+/// - It tells the connection whether the client opened with the HTTP/2 preface, and
+///   answers the drain-start probe for unread input.
+/// - On drop during the drain, a socket with unread input lingers (see [`LINGER`]).
+pub(crate) struct ConnIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    io: Option<I>,
+    connection: Arc<Connection>,
+    token: Option<TaskTrackerToken>,
+    peek: PeekFn<I>,
+    preface: Preface,
+    /// The wait for the stop deadline, made once the connection is upgraded (hyper needs
+    /// an `Unpin` IO, so it is boxed; only upgraded connections pay for it).
+    force: Option<Pin<Box<StepWait>>>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
+    pub(crate) fn new(
+        io: I,
+        connection: Arc<Connection>,
+        token: TaskTrackerToken,
+        peek: PeekFn<I>,
+    ) -> Self {
+        ConnIo {
+            io: Some(io),
+            connection,
+            token: Some(token),
+            peek,
+            preface: Preface::default(),
+            force: None,
+        }
+    }
+
+    fn io(&mut self) -> io::Result<&mut I> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// For an upgraded connection: fails once the stop deadline has passed, and otherwise
+    /// makes sure the task is woken when it does.
+    fn poll_force_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.connection.is_upgraded() {
+            return Ok(());
+        }
+        let lifecycle = self.connection.lifecycle();
+        let closing = lifecycle.reached(Step::ForceClosing);
+        let wait = self.force.get_or_insert_with(|| Box::pin(StepWait::new()));
+        match wait
+            .as_mut()
+            .poll_cancelled(lifecycle.token(Step::ForceClosing), closing, cx)
+        {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection force-closed at the stop deadline",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ConnIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.poll_force_closed(cx)?;
+        let probe = this.connection.probe();
+        if probe.is_asked() {
+            probe.answer(this.io.as_ref().is_some_and(this.peek));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(this.io()?).poll_read(cx, buf))?;
+        if this.preface.is_open() && this.preface.read(&buf.filled()[before..]) {
+            this.connection.mark_http2();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ConnIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_force_closed(cx)?;
+        Pin::new(self.io()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_force_closed(cx)?;
+        Pin::new(self.io()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_force_closed(cx)?;
+        Pin::new(self.io()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_force_closed(cx)?;
+        Pin::new(self.io()?).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
+    fn drop(&mut self) {
+        let (Some(mut io), Some(token)) = (self.io.take(), self.token.take()) else {
+            return;
+        };
+        let connection = &self.connection;
+        let lifecycle = connection.lifecycle();
+        let force_closed = lifecycle.reached(Step::ForceClosing);
+        connection.closed(force_closed);
+        // An idle connection just found empty and closed at drain start has nothing to
+        // protect: no response is on its way to the client.
+        let closed_idle = connection.probe().result() == Some(false);
+        if !lifecycle.reached(Step::DrainStarted)
+            || force_closed
+            || closed_idle
+            || !(self.peek)(&io)
+        {
+            return;
+        }
+        // Closing a socket with unread input makes the kernel send a reset, which can
+        // destroy the response the client has not read yet. Send FIN, read and discard
+        // until the client closes (or LINGER, or the stop deadline), then close.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shutdown = connection.shutdown().clone();
+        runtime.spawn(async move {
+            let _token = token;
+            let force_closing = shutdown.lifecycle().reaching(Step::ForceClosing);
+            let linger = async {
+                let _ = io.shutdown().await;
+                let mut buf = [0u8; 2048];
+                while let Ok(1..) = io.read(&mut buf).await {}
+            };
+            let linger = catch_panics(Task::Linger, shutdown.counters(), linger);
+            tokio::select! {
+                _ = linger => {}
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = force_closing => {}
+            }
+        });
+    }
+}
+
+/// Tells an HTTP/2 connection (prior knowledge) from an HTTP/1 one by its first bytes,
+/// across reads of any size.
+#[derive(Debug, Default)]
+struct Preface {
+    /// Bytes of the preface matched so far.
+    matched: usize,
+    /// Decided: the preface was seen in full, or a byte did not match.
+    decided: bool,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Preface {
+    fn is_open(&self) -> bool {
+        !self.decided
+    }
+
+    /// Reads the next bytes of the connection; `true` once the whole preface has been
+    /// seen.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            // End of input before a decision.
+            self.decided = true;
+            return false;
+        }
+        let rest = &PREFACE[self.matched..];
+        let n = rest.len().min(bytes.len());
+        if rest[..n] != bytes[..n] {
+            self.decided = true;
+            return false;
+        }
+        self.matched += n;
+        if self.matched == PREFACE.len() {
+            self.decided = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http2_preface_is_seen_across_short_reads() {
+        for split in 1..PREFACE.len() {
+            let mut preface = Preface::default();
+            let mut seen = false;
+            for chunk in PREFACE.chunks(split) {
+                assert!(preface.is_open());
+                seen = preface.read(chunk);
+            }
+            assert!(seen, "split every {split} bytes");
+            assert!(!preface.is_open());
+        }
+        // The preface followed by a frame in the same read.
+        let mut preface = Preface::default();
+        assert!(preface.read(&[PREFACE, &[0, 0, 0, 4]].concat()));
+    }
+
+    #[test]
+    fn anything_else_is_http1() {
+        for start in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"PRI",
+            b"PRI * HTTP/1.1\r\n",
+            b"P",
+        ] {
+            let mut preface = Preface::default();
+            let seen = preface.read(start) || preface.read(b"X");
+            assert!(!seen, "{start:?}");
+            assert!(!preface.is_open(), "{start:?}: decided");
+        }
+        let mut preface = Preface::default();
+        assert!(!preface.read(b""));
+        assert!(!preface.is_open(), "EOF decides");
+    }
+}

@@ -1,0 +1,179 @@
+//! [`Listener`]: where `serve` gets its connections, and how it reads accept errors.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+/// A source of connections for [`serve`](crate::serve()).
+///
+/// Implemented for [`tokio::net::TcpListener`] (which also sets `TCP_NODELAY` on every
+/// accepted socket) and, on unix, [`tokio::net::UnixListener`].
+pub trait Listener: Send + 'static {
+    /// The connection type.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The peer address type.
+    type Addr: fmt::Debug + Send;
+
+    /// Accepts one connection.
+    ///
+    /// Errors about one connection (a reset or aborted handshake, or the network errors
+    /// Linux reports on `accept` for a connection: `ENETDOWN`, `EPROTO`, `EHOSTUNREACH`
+    /// and the like) are skipped by [`serve`](crate::serve()); running out of file
+    /// descriptors or memory makes it pause for a second and retry; any other error ends
+    /// it (see [`Error::Accept`](crate::Error::Accept)).
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send;
+
+    /// The local address this listener is bound to.
+    fn local_addr(&self) -> io::Result<Self::Addr>;
+
+    /// Whether bytes are waiting to be read on `io`, without reading them.
+    ///
+    /// [`serve`](crate::serve()) asks this of an idle HTTP/1 connection at drain start:
+    /// a request whose bytes have already arrived is then served (with
+    /// `Connection: close`) rather than dropped unread, and a connection closed with
+    /// unread input lingers briefly so the client gets a clean close, not a reset. The
+    /// default answers `false`, which closes idle connections at once.
+    fn has_pending_input(io: &Self::Io) -> bool {
+        let _ = io;
+        false
+    }
+}
+
+/// Peeks at a socket without blocking: `true` if at least one byte is waiting.
+#[cfg(unix)]
+fn peek_socket(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking (tokio registered it): this never waits.
+    matches!(socket2::SockRef::from(&fd).peek(&mut buf), Ok(1..))
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        // Without TCP_NODELAY a flushed first write followed by a later one waits for the
+        // peer's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "failed to set TCP_NODELAY");
+        }
+        Ok((stream, addr))
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        TcpListener::local_addr(self)
+    }
+
+    #[cfg(unix)]
+    fn has_pending_input(io: &Self::Io) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(io.as_fd())
+    }
+}
+
+#[cfg(unix)]
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
+        tokio::net::UnixListener::accept(self).await
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        tokio::net::UnixListener::local_addr(self)
+    }
+
+    fn has_pending_input(io: &Self::Io) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(io.as_fd())
+    }
+}
+
+/// What an accept error means for the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// About one connection only: skip it.
+    Connection,
+    /// Out of file descriptors or memory, which frees up as connections close: pause,
+    /// then retry.
+    Resources,
+    /// The listener itself failed.
+    Fatal,
+}
+
+impl AcceptError {
+    pub(crate) fn of(e: &io::Error) -> AcceptError {
+        use io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock => {
+                return AcceptError::Connection
+            }
+            OutOfMemory => return AcceptError::Resources,
+            _ => {}
+        }
+        #[cfg(unix)]
+        if let Some(code) = e.raw_os_error() {
+            // accept(2) on Linux: "For reliable operation the application should detect
+            // the network errors defined for the protocol after accept() and treat them
+            // like EAGAIN by retrying."
+            if [
+                libc::ENETDOWN,
+                libc::EPROTO,
+                libc::ENOPROTOOPT,
+                libc::EHOSTDOWN,
+                libc::EHOSTUNREACH,
+                libc::EOPNOTSUPP,
+                libc::ENETUNREACH,
+                #[cfg(target_os = "linux")]
+                libc::ENONET,
+            ]
+            .contains(&code)
+            {
+                return AcceptError::Connection;
+            }
+            if [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&code) {
+                return AcceptError::Resources;
+            }
+        }
+        AcceptError::Fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_classified_portably() {
+        let kind = |kind| AcceptError::of(&io::Error::from(kind));
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionAborted),
+            AcceptError::Connection
+        );
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionReset),
+            AcceptError::Connection
+        );
+        assert_eq!(kind(io::ErrorKind::Interrupted), AcceptError::Connection);
+        assert_eq!(kind(io::ErrorKind::OutOfMemory), AcceptError::Resources);
+        assert_eq!(kind(io::ErrorKind::InvalidInput), AcceptError::Fatal);
+        assert_eq!(kind(io::ErrorKind::Other), AcceptError::Fatal);
+        #[cfg(unix)]
+        {
+            let os = |code| AcceptError::of(&io::Error::from_raw_os_error(code));
+            assert_eq!(os(libc::EMFILE), AcceptError::Resources);
+            assert_eq!(os(libc::ENFILE), AcceptError::Resources);
+            assert_eq!(os(libc::ENOBUFS), AcceptError::Resources);
+            assert_eq!(os(libc::ENOMEM), AcceptError::Resources);
+            assert_eq!(os(libc::EPROTO), AcceptError::Connection);
+            assert_eq!(os(libc::ENETUNREACH), AcceptError::Connection);
+            assert_eq!(os(libc::EBADF), AcceptError::Fatal);
+            assert_eq!(os(libc::EINVAL), AcceptError::Fatal);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! [`serve`]: an accept loop that owns its listener and every connection.
+//!
+//! - `listener.rs`: the [`Listener`] trait and what an accept error means.
+//! - `connection.rs`: one connection's shared state and the task that serves and closes
+//!   it.
+//! - `io.rs`: the connection's IO (count, upgrades, preface, probe, lingering close).
+//! - `service.rs`: the per-connection service that counts requests.
+//! - `executor.rs`: HTTP/2 stream tasks.
+
+mod connection;
+mod executor;
+mod io;
+mod listener;
+mod service;
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tower_service::Service;
+
+pub use listener::Listener;
+
+use self::connection::Connection;
+use self::executor::TrackedExecutor;
+use self::io::ConnIo;
+use self::listener::AcceptError;
+use self::service::ConnService;
+use crate::drain::Scoped;
+use crate::error::ConfigError;
+use crate::lifecycle::Step;
+use crate::task::{catch_panics, Task};
+use crate::{BoxError, Error, Report, Shutdown};
+
+/// When [`serve`] closes an idle HTTP/1 keep-alive connection during the drain.
+///
+/// HTTP/1 has no way to tell a client "no more requests on this connection" except in a
+/// response. A client may send a request on an idle keep-alive connection at the very
+/// moment the server closes it; that request is lost, and a client cannot safely retry a
+/// non-idempotent one. Requests whose bytes have already arrived are always served;
+/// these options also cover requests still on their way, at the price of keeping idle
+/// connections open a little longer. Every option ends by the stop deadline (a duration
+/// too long for the clock, such as `Duration::MAX`, waits until then); a zero duration
+/// is the same as `Immediately`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IdleClose {
+    /// Close idle connections at drain start (the default).
+    #[default]
+    Immediately,
+    /// Close an idle connection only once it has been idle for at least this long
+    /// (nginx's `keepalive_min_timeout`): a client that just got a response and is about
+    /// to send the next request gets to send it, and it is served with
+    /// `Connection: close`.
+    MinIdleAge(Duration),
+    /// Keep idle connections open for up to this long, serve the next request on each
+    /// with `Connection: close`, then close (HAProxy's `idle-close-on-response`).
+    AfterNextRequest(Duration),
+}
+
+impl IdleClose {
+    /// `Immediately` for a zero wait, which means the same.
+    fn normalized(self) -> IdleClose {
+        match self {
+            IdleClose::MinIdleAge(d) | IdleClose::AfterNextRequest(d) if d.is_zero() => {
+                IdleClose::Immediately
+            }
+            other => other,
+        }
+    }
+}
+
+/// The header-read timeout [`serve`] uses unless told otherwise.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeouts at least this long are treated as none: hyper adds them to the clock, and
+/// a century is never in practice.
+const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Serves `app` on `listener` until `shutdown` is done, and returns its [`Report`].
+///
+/// HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) share the port. Every request is
+/// counted as by [`GracefulLayer`](crate::GracefulLayer) (adding the layer yourself as
+/// well is harmless: a request is counted once). On shutdown, at drain start, the listener
+/// is closed (new connects are refused) and every connection is told to finish: an idle
+/// HTTP/1 connection, or one that has sent nothing, closes at once; a busy one closes
+/// after its response, which carries `Connection: close`; HTTP/2 gets GOAWAY. At the stop
+/// deadline the connection tasks are dropped, which closes their sockets. `serve` returns
+/// the moment the shutdown is done.
+///
+/// `serve` returns a builder: set options, then `.await` it. From the moment it is built,
+/// the shutdown waits for it: a trigger that lands before it is awaited still lets it
+/// start, close its listener and drain (build it before announcing readiness, and a
+/// signal right after cannot make it fail). A `Serve` built but never awaited holds the
+/// drain until it is dropped.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), httpdown::Error> {
+/// use axum::{routing::get, Router};
+///
+/// let shutdown = httpdown::Shutdown::new();
+/// shutdown.trigger_on_signals()?;
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+/// let report = httpdown::serve(listener, app, &shutdown).await?;
+/// eprintln!("{report}");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::AlreadyShutDown`] if `shutdown` has already finished, [`Error::Config`] for an
+/// invalid option, [`Error::Accept`] if the listener fails: `serve` then triggers the
+/// shutdown, so the connections it accepted drain with the usual deadlines (as do those
+/// of every other server of the same controller), and returns the error once it is done.
+pub fn serve<L, S>(listener: L, app: S, shutdown: &Shutdown) -> Serve<L, S> {
+    Serve {
+        listener,
+        app,
+        shutdown: shutdown.clone(),
+        header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_close: IdleClose::Immediately,
+        config_error: None,
+        registration: shutdown.lifecycle().count_server(),
+    }
+}
+
+/// Binds `addr`, triggers `shutdown` on SIGTERM/SIGINT, serves `app` and returns the
+/// report: Go's `httpdown.ListenAndServe` in one call.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), httpdown::Error> {
+/// use axum::{routing::get, Router};
+///
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let report = httpdown::listen_and_serve("127.0.0.1:8080", app, &httpdown::Shutdown::new()).await?;
+/// eprintln!("{report}");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::Bind`] if the address cannot be bound, [`Error::Signal`] if the signal
+/// handlers cannot be installed, and the errors of [`serve`].
+pub async fn listen_and_serve<A, S, B>(
+    addr: A,
+    app: S,
+    shutdown: &Shutdown,
+) -> Result<Report, Error>
+where
+    A: ToSocketAddrs + fmt::Display,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(addr = %local, "serving");
+    }
+    // Built first: a signal from here on drains this server rather than finishing the
+    // shutdown before it starts.
+    let serving = serve(listener, app, shutdown);
+    shutdown.trigger_on_signals()?;
+    serving.await
+}
+
+/// The builder [`serve`] returns. `.await` it to serve.
+#[must_use = "serve does nothing until awaited"]
+pub struct Serve<L, S> {
+    listener: L,
+    app: S,
+    shutdown: Shutdown,
+    header_read_timeout: Option<Duration>,
+    idle_close: IdleClose,
+    /// The first invalid option, returned when awaited.
+    config_error: Option<ConfigError>,
+    /// Keeps the shutdown from finishing before this server has started.
+    registration: TaskTrackerToken,
+}
+
+impl<L, S> Serve<L, S> {
+    /// When idle HTTP/1 keep-alive connections close during the drain (default
+    /// [`IdleClose::Immediately`]). See [`IdleClose`].
+    pub fn idle_close(mut self, idle_close: IdleClose) -> Self {
+        self.idle_close = idle_close.normalized();
+        self
+    }
+
+    /// How long a client may take to send a complete HTTP/1 request head before its
+    /// connection is closed (default 30 s; `None`, or a duration of a century or more,
+    /// disables it). Zero is an error ([`ConfigError::ZeroHeaderReadTimeout`]), returned
+    /// when the server is awaited.
+    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into().filter(|d| *d < NO_TIMEOUT_AFTER);
+        if timeout == Some(Duration::ZERO) {
+            self.config_error
+                .get_or_insert(ConfigError::ZeroHeaderReadTimeout);
+        }
+        self.header_read_timeout = timeout;
+        self
+    }
+}
+
+impl<L: fmt::Debug, S> fmt::Debug for Serve<L, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("shutdown", &self.shutdown)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_close", &self.idle_close)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of an awaited [`Serve`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ServeFuture(Pin<Box<dyn Future<Output = Result<Report, Error>> + Send>>);
+
+impl Future for ServeFuture {
+    type Output = Result<Report, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ServeFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeFuture").finish_non_exhaustive()
+    }
+}
+
+impl<L, S, B> IntoFuture for Serve<L, S>
+where
+    L: Listener,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Report, Error>;
+    type IntoFuture = ServeFuture;
+
+    fn into_future(self) -> Self::IntoFuture {
+        ServeFuture(Box::pin(self.run()))
+    }
+}
+
+impl<L, S> Serve<L, S> {
+    async fn run<B>(self) -> Result<Report, Error>
+    where
+        L: Listener,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let Serve {
+            mut listener,
+            app,
+            shutdown,
+            header_read_timeout,
+            idle_close,
+            config_error,
+            registration,
+        } = self;
+        if shutdown.lifecycle().reached(Step::Done) {
+            return Err(Error::AlreadyShutDown);
+        }
+        if let Some(error) = config_error {
+            return Err(Error::Config(error));
+        }
+        let mut builder = auto::Builder::new(TrackedExecutor::new(shutdown.clone()));
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        crate::stats::metrics_impl::serve();
+
+        let drain_started = shutdown.lifecycle().reaching(Step::DrainStarted);
+        tokio::pin!(drain_started);
+        let failure = loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut drain_started => break None,
+                accepted = listener.accept() => accepted,
+            };
+            let error = match accepted {
+                Ok((io, peer)) => {
+                    tracing::trace!(?peer, "accepted");
+                    let connection = Connection::new(shutdown.clone());
+                    let io = ConnIo::new(
+                        io,
+                        Arc::clone(&connection),
+                        // Counted from here until the socket closes, through an upgrade.
+                        shutdown.lifecycle().count_connection(),
+                        L::has_pending_input,
+                    );
+                    let service = ConnService::new(app.clone(), Arc::clone(&connection));
+                    let served = connection::run(
+                        Arc::clone(&builder),
+                        io,
+                        service,
+                        Arc::clone(&connection),
+                        idle_close,
+                    );
+                    // The connection's requests see its drain while they run.
+                    let served = Scoped::new(served, shutdown.drain());
+                    tokio::spawn(async move {
+                        let counters = connection.shutdown().counters();
+                        catch_panics(Task::Connection, counters, served).await;
+                    });
+                    continue;
+                }
+                Err(error) => error,
+            };
+            match AcceptError::of(&error) {
+                AcceptError::Connection => {
+                    tracing::debug!(%error, "accept: connection error, skipped");
+                }
+                AcceptError::Resources => {
+                    tracing::error!(%error, "accept: out of resources, retrying in 1s");
+                    tokio::select! {
+                        () = &mut drain_started => break None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                AcceptError::Fatal => break Some(error),
+            }
+        };
+        // Closing the listener: new connects are refused from here on.
+        drop(listener);
+        drop(registration);
+        if let Some(error) = failure {
+            tracing::error!(%error, "listener failed: shutting down, connections drain");
+            shutdown.trigger();
+            shutdown.wait().await;
+            return Err(Error::Accept(error));
+        }
+        Ok(shutdown.wait().await)
+    }
+}

@@ -1,0 +1,105 @@
+//! The service `serve` runs for each connection: it counts every request (as a
+//! [`GracefulLayer`](crate::GracefulLayer) does) and looks after what a response means
+//! for its connection.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tower_service::Service;
+
+use super::connection::Connection;
+use crate::lifecycle::Step;
+use crate::request::{Counted, CountedBody, CountedFuture};
+use crate::stats::metrics_impl;
+
+/// The app, for one connection.
+#[derive(Clone)]
+pub(crate) struct ConnService<S> {
+    inner: S,
+    connection: Arc<Connection>,
+}
+
+impl<S> ConnService<S> {
+    pub(crate) fn new(inner: S, connection: Arc<Connection>) -> Self {
+        ConnService { inner, connection }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ConnService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<CountedBody<ResBody, ConnGuard>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future, ConnGuard>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let guard = ConnGuard::new(&self.connection, req.version());
+        if guard.is_force_closing() {
+            return CountedFuture::rejected(guard);
+        }
+        CountedFuture::counted(self.inner.call(req), guard)
+    }
+}
+
+/// Keeps one request counted, in the shutdown and on its connection, while it lives.
+pub(crate) struct ConnGuard {
+    _token: TaskTrackerToken,
+    connection: Arc<Connection>,
+    http1: bool,
+}
+
+impl ConnGuard {
+    fn new(connection: &Arc<Connection>, version: Version) -> Self {
+        let shutdown = connection.shutdown();
+        // Counted first, then the phase is looked at (by the caller): a request counted
+        // before the drain sees an empty tracker is always waited for.
+        let token = shutdown.lifecycle().count_request();
+        shutdown.counters().request_started();
+        connection.request_began();
+        ConnGuard {
+            _token: token,
+            connection: Arc::clone(connection),
+            http1: version <= Version::HTTP_11,
+        }
+    }
+}
+
+impl Counted for ConnGuard {
+    #[inline]
+    fn is_force_closing(&self) -> bool {
+        self.connection.lifecycle().reached(Step::ForceClosing)
+    }
+
+    fn force_token(&self) -> &CancellationToken {
+        self.connection.lifecycle().token(Step::ForceClosing)
+    }
+
+    /// A response that switches protocols hands the connection to an upgrade task. An
+    /// HTTP/1 response written after drain start carries `Connection: close`, so the
+    /// connection closes right after it, whether or not hyper has been told yet.
+    fn on_response<B>(&mut self, response: &mut Response<B>) {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            self.connection.mark_upgraded();
+        } else if self.http1 && self.connection.lifecycle().reached(Step::DrainStarted) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        metrics_impl::request_ended();
+        self.connection.request_ended();
+    }
+}
