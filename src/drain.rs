@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -20,7 +21,19 @@ use crate::{Phase, Shutdown, UntilDrain};
 
 thread_local! {
     /// The drain of the request whose service is running on this thread, if any.
-    static CURRENT: Cell<Option<Drain>> = const { Cell::new(None) };
+    ///
+    /// `ManuallyDrop`, so the thread-local needs no destructor (and its every access no
+    /// check that one is registered): a drain is only ever here while its scope runs,
+    /// and the scope takes it back out, also on unwind.
+    static CURRENT: Cell<ManuallyDrop<Option<Drain>>> = const {
+        Cell::new(ManuallyDrop::new(None))
+    };
+}
+
+/// Swaps `drain` in as the thread's current drain; returns the one it replaces.
+#[inline]
+fn swap_current(drain: Option<Drain>) -> Option<Drain> {
+    ManuallyDrop::into_inner(CURRENT.with(|current| current.replace(ManuallyDrop::new(drain))))
 }
 
 /// A handle that lets a handler observe the shutdown of the request it is handling.
@@ -64,12 +77,10 @@ impl Drain {
     /// service run by [`serve`](crate::serve()) or wrapped in a
     /// [`GracefulLayer`](crate::GracefulLayer), `None` elsewhere.
     pub fn current() -> Option<Drain> {
-        CURRENT.with(|current| {
-            let drain = current.take();
-            let copy = drain.clone();
-            current.set(drain);
-            copy
-        })
+        let drain = swap_current(None);
+        let copy = drain.clone();
+        swap_current(drain);
+        copy
     }
 
     /// The current phase.
@@ -105,34 +116,52 @@ impl Drain {
     /// Whether the request being handled on this thread is already counted for
     /// `shutdown` (by `serve` or an outer layer of the same controller).
     pub(crate) fn current_is(shutdown: &Shutdown) -> bool {
-        CURRENT.with(|current| {
-            let drain = current.take();
-            let same = drain.as_ref().is_some_and(|d| d.shutdown.same_as(shutdown));
-            current.set(drain);
-            same
-        })
+        let drain = swap_current(None);
+        let same = drain.as_ref().is_some_and(|d| d.shutdown.same_as(shutdown));
+        swap_current(drain);
+        same
     }
 
     /// Runs `f` with `slot`'s drain as the thread's current one, then puts it back in
     /// `slot` (also if `f` panics). An empty `slot` leaves the current drain as it is.
     #[inline]
     pub(crate) fn scoped<R>(slot: &mut Option<Drain>, f: impl FnOnce() -> R) -> R {
-        if slot.is_none() {
-            return f();
-        }
-        struct Restore<'a> {
-            slot: &'a mut Option<Drain>,
-            previous: Option<Drain>,
-        }
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                let previous = self.previous.take();
-                *self.slot = CURRENT.with(|current| current.replace(previous));
-            }
-        }
-        let previous = CURRENT.with(|current| current.replace(slot.take()));
-        let _restore = Restore { slot, previous };
+        let _entered = Entered::new(slot);
         f()
+    }
+}
+
+/// The scope of a current drain: entered with the drain taken from a slot, left (on drop,
+/// so also on unwind) with the drain given back.
+pub(crate) struct Entered<'a> {
+    /// `None` when the slot was empty and nothing was swapped.
+    slot: Option<&'a mut Option<Drain>>,
+    previous: Option<Drain>,
+}
+
+impl<'a> Entered<'a> {
+    #[inline]
+    pub(crate) fn new(slot: &'a mut Option<Drain>) -> Self {
+        if slot.is_none() {
+            return Entered {
+                slot: None,
+                previous: None,
+            };
+        }
+        let previous = swap_current(slot.take());
+        Entered {
+            slot: Some(slot),
+            previous,
+        }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            *slot = swap_current(self.previous.take());
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lifecycle::{Lifecycle, Step};
-use crate::report::{plural, Outcome, Report, Timeline};
+use crate::report::{plural, Limit, Outcome, Report, Timeline};
 use crate::shutdown::Config;
 use crate::stats::{metrics_impl, Counters};
 
@@ -152,7 +152,7 @@ impl<'a> Driver<'a> {
         tracing::info!(
             connections,
             requests,
-            stop_timeout = ?self.config.stop_timeout,
+            stop_timeout = %Limit(self.config.stop_timeout),
             "drain started: listeners closed, connections told to finish"
         );
         now
@@ -171,14 +171,14 @@ impl<'a> Driver<'a> {
             tracing::warn!(
                 connections,
                 requests,
-                kill_timeout = ?self.config.kill_timeout,
+                kill_timeout = %Limit(self.config.kill_timeout),
                 "escalated: force-closing what is left now"
             );
         } else {
             tracing::warn!(
                 connections,
                 requests,
-                kill_timeout = ?self.config.kill_timeout,
+                kill_timeout = %Limit(self.config.kill_timeout),
                 "stop deadline: force-closing what is left"
             );
         }

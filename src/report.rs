@@ -157,6 +157,18 @@ impl Report {
     }
 }
 
+/// Displays a timeout: `10s`, or `never` for none.
+pub(crate) struct Limit(pub(crate) Option<Duration>);
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{d:?}"),
+            None => f.write_str("never"),
+        }
+    }
+}
+
 /// `1 request`, `2 requests`.
 pub(crate) fn plural(n: usize, word: &str) -> String {
     if n == 1 {

@@ -69,6 +69,7 @@ pin_project! {
 }
 
 impl<F, G> CountedFuture<F, G> {
+    #[inline]
     pub(crate) fn counted(future: F, guard: G) -> Self {
         CountedFuture::Counted {
             future,
@@ -77,10 +78,12 @@ impl<F, G> CountedFuture<F, G> {
         }
     }
 
+    #[inline]
     pub(crate) fn pass_through(future: F) -> Self {
         CountedFuture::PassThrough { future }
     }
 
+    #[inline]
     pub(crate) fn rejected(guard: G) -> Self {
         CountedFuture::Rejected { guard: Some(guard) }
     }
@@ -168,6 +171,7 @@ pin_project! {
 }
 
 impl<B, G> CountedBody<B, G> {
+    #[inline]
     fn counted(body: B, guard: Option<G>) -> Self {
         CountedBody::Counted {
             body,
@@ -176,14 +180,17 @@ impl<B, G> CountedBody<B, G> {
         }
     }
 
+    #[inline]
     pub(crate) fn pass_through(body: B) -> Self {
         CountedBody::PassThrough { body }
     }
 
+    #[inline]
     fn force_closed(guard: Option<G>) -> Self {
         CountedBody::ForceClosed { guard }
     }
 
+    #[inline]
     fn empty(guard: Option<G>) -> Self {
         CountedBody::Empty { guard }
     }

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 
 use crate::driver::Driver;
 use crate::lifecycle::{Lifecycle, Step};
-use crate::report::Report;
+use crate::report::{Limit, Report};
 use crate::stats::Counters;
 use crate::task::{catch_panics, Task};
 use crate::{GracefulLayer, Stats};
@@ -287,8 +287,8 @@ impl Shutdown {
         let config = &self.shared.config;
         if self.lifecycle().reach(Step::Triggered) {
             tracing::info!(
-                stop_timeout = ?config.stop_timeout,
-                kill_timeout = ?config.kill_timeout,
+                stop_timeout = %Limit(config.stop_timeout),
+                kill_timeout = %Limit(config.kill_timeout),
                 drain_delay = ?config.drain_delay,
                 "shutdown triggered"
             );

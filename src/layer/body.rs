@@ -24,6 +24,7 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
+    #[inline]
     pub(super) fn new(inner: CountedBody<B, LayerGuard>) -> Self {
         ResponseBody { inner }
     }

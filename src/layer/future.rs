@@ -24,6 +24,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(super) fn new(inner: CountedFuture<F, LayerGuard>) -> Self {
         ResponseFuture { inner }
     }

@@ -8,6 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::ResponseFuture;
+use crate::drain::Entered;
 use crate::lifecycle::Step;
 use crate::request::{Counted, CountedFuture};
 use crate::stats::metrics_impl;
@@ -146,7 +147,9 @@ where
         if guard.is_force_closing() {
             return ResponseFuture::new(CountedFuture::rejected(guard));
         }
-        let future = guard.scoped(|| self.inner.call(req));
+        let entered = Entered::new(&mut guard.drain);
+        let future = self.inner.call(req);
+        drop(entered);
         ResponseFuture::new(CountedFuture::counted(future, guard))
     }
 }
