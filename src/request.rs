@@ -307,3 +307,130 @@ impl fmt::Display for ForceClosed {
 }
 
 impl StdError for ForceClosed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A guard that records what the core does with it.
+    struct Probe {
+        token: CancellationToken,
+        force_closing: Arc<AtomicBool>,
+        responses: Arc<AtomicUsize>,
+        scoped: Arc<AtomicUsize>,
+        dropped: Arc<AtomicUsize>,
+    }
+
+    impl Counted for Probe {
+        fn is_force_closing(&self) -> bool {
+            self.force_closing.load(Ordering::SeqCst)
+        }
+        fn force_token(&self) -> &CancellationToken {
+            &self.token
+        }
+        fn on_response<B>(&mut self, _response: &mut Response<B>) {
+            self.responses.fetch_add(1, Ordering::SeqCst);
+        }
+        fn scoped<R>(&mut self, f: impl FnOnce() -> R) -> R {
+            self.scoped.fetch_add(1, Ordering::SeqCst);
+            f()
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Default, Clone)]
+    struct Seen {
+        force_closing: Arc<AtomicBool>,
+        responses: Arc<AtomicUsize>,
+        scoped: Arc<AtomicUsize>,
+        dropped: Arc<AtomicUsize>,
+    }
+
+    impl Seen {
+        fn guard(&self, token: &CancellationToken) -> Probe {
+            Probe {
+                token: token.clone(),
+                force_closing: Arc::clone(&self.force_closing),
+                responses: Arc::clone(&self.responses),
+                scoped: Arc::clone(&self.scoped),
+                dropped: Arc::clone(&self.dropped),
+            }
+        }
+        fn count(n: &Arc<AtomicUsize>) -> usize {
+            n.load(Ordering::SeqCst)
+        }
+    }
+
+    type Result<T> = std::result::Result<T, std::convert::Infallible>;
+
+    #[tokio::test]
+    async fn the_guard_sees_the_response_and_lives_until_the_body_ends() {
+        let (seen, token) = (Seen::default(), CancellationToken::new());
+        let future = async { Result::Ok(Response::new(Full::new(bytes::Bytes::from("hi")))) };
+        let response = CountedFuture::counted(future, seen.guard(&token))
+            .await
+            .unwrap();
+        assert_eq!(Seen::count(&seen.responses), 1);
+        assert_eq!(
+            Seen::count(&seen.scoped),
+            1,
+            "the inner future polled in scope"
+        );
+        assert_eq!(Seen::count(&seen.dropped), 0, "moved into the body");
+        let body = response.into_body();
+        assert_eq!(body.state(), "counted");
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "hi");
+        assert_eq!(Seen::count(&seen.dropped), 1, "dropped at the body's end");
+    }
+
+    #[tokio::test]
+    async fn a_pending_response_becomes_a_503_at_the_stop_deadline() {
+        let (seen, token) = (Seen::default(), CancellationToken::new());
+        let future = std::future::pending::<Result<Response<Full<bytes::Bytes>>>>();
+        let mut counted = Box::pin(CountedFuture::counted(future, seen.guard(&token)));
+        assert!(counted.as_mut().now_or_never().is_none());
+        seen.force_closing.store(true, Ordering::SeqCst);
+        token.cancel();
+        let response = counted.await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        assert_eq!(Seen::count(&seen.responses), 0, "not the app's response");
+        let mut body = Box::pin(response.into_body());
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<ForceClosed>(), "{error}");
+        assert!(body.frame().await.is_none());
+        assert_eq!(Seen::count(&seen.dropped), 1);
+    }
+
+    #[tokio::test]
+    async fn rejected_and_passed_through_requests() {
+        let (seen, token) = (Seen::default(), CancellationToken::new());
+        let rejected =
+            CountedFuture::<std::future::Ready<Result<Response<Full<bytes::Bytes>>>>, _>::rejected(
+                seen.guard(&token),
+            );
+        let response = rejected.await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.body().is_end_stream());
+        assert_eq!(Seen::count(&seen.dropped), 0, "held by the empty body");
+        drop(response);
+        assert_eq!(Seen::count(&seen.dropped), 1);
+
+        let passed = CountedFuture::<_, Probe>::pass_through(async {
+            Result::Ok(Response::new(Full::new(bytes::Bytes::from("through"))))
+        });
+        let body = passed.await.unwrap().into_body();
+        assert_eq!(body.state(), "pass-through");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "through");
+    }
+}

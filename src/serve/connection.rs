@@ -461,3 +461,79 @@ where
         IdleClose::AfterNextRequest(wait) => Hold::Until(drain_at.checked_add(wait)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_move_the_connection_between_states_and_the_gauges_follow() {
+        let shutdown = Shutdown::new();
+        let connection = Connection::new(shutdown.clone());
+        let gauges = || {
+            let c = shutdown.stats().connections;
+            (c.new, c.active, c.idle, c.upgraded)
+        };
+        assert_eq!(gauges(), (1, 0, 0, 0));
+        connection.request_began();
+        connection.request_began();
+        assert!(connection.is_busy());
+        assert_eq!(connection.requests_started(), 2);
+        assert_eq!(gauges(), (0, 1, 0, 0));
+        connection.request_ended();
+        assert_eq!(gauges(), (0, 1, 0, 0), "one still in flight");
+        connection.request_ended();
+        assert!(!connection.is_busy());
+        assert_eq!(gauges(), (0, 0, 1, 0));
+        connection.mark_upgraded();
+        assert!(connection.is_upgraded());
+        assert_eq!(gauges(), (0, 0, 0, 1));
+        connection.request_began();
+        assert_eq!(gauges(), (0, 0, 0, 1), "upgraded until it closes");
+        connection.closed(false);
+        connection.closed(true);
+        let stats = shutdown.stats();
+        assert_eq!(gauges(), (0, 0, 0, 0));
+        assert_eq!(
+            (stats.accepted, stats.closed, stats.force_closed),
+            (1, 1, 0)
+        );
+        connection.request_ended();
+        assert_eq!(
+            gauges(),
+            (0, 0, 0, 0),
+            "a request ending after the close changes nothing"
+        );
+    }
+
+    #[test]
+    fn the_probe_is_asked_answered_and_forgotten_by_a_request() {
+        let connection = Connection::new(Shutdown::new());
+        let probe = connection.probe();
+        assert!(!probe.is_asked());
+        assert_eq!(probe.result(), None);
+        probe.ask();
+        assert!(probe.is_asked());
+        assert_eq!(probe.result(), None, "not answered yet");
+        probe.answer(true);
+        assert!(!probe.is_asked());
+        assert_eq!(probe.result(), Some(true));
+        probe.ask();
+        probe.answer(false);
+        assert_eq!(probe.result(), Some(false));
+        connection.request_began();
+        assert_eq!(probe.result(), None, "a request makes the answer stale");
+    }
+
+    #[test]
+    fn idle_close_zero_waits_are_immediately() {
+        for idle_close in [
+            IdleClose::MinIdleAge(Duration::ZERO),
+            IdleClose::AfterNextRequest(Duration::ZERO),
+        ] {
+            assert_eq!(idle_close.normalized(), IdleClose::Immediately);
+        }
+        let one = IdleClose::MinIdleAge(Duration::from_secs(1));
+        assert_eq!(one.normalized(), one);
+    }
+}
