@@ -25,13 +25,22 @@
 
 use std::fmt;
 
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use axum::extract::connect_info::Connected;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
 use http::request::Parts;
 use http::StatusCode;
+use tower_service::Service;
 
-use crate::Drain;
+use crate::{Drain, IncomingConnection, Listener};
 
 /// The rejection of the [`Drain`] extractor: the request did not go through
 /// [`GracefulLayer`](crate::GracefulLayer) or [`serve`](crate::serve()).
@@ -62,6 +71,65 @@ impl<S: Send + Sync> FromRequestParts<S> for Drain {
 
     async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Drain::current().ok_or(MissingDrain)
+    }
+}
+
+/// `httpdown::serve(listener, router, &shutdown)`, as `axum::serve(listener, router)`.
+impl<L: Listener> Service<IncomingConnection<'_, L>> for Router<()> {
+    type Response = Router<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Self::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _connection: IncomingConnection<'_, L>) -> Self::Future {
+        // As axum does: turn every route into a service once per connection, not per
+        // request.
+        ready(Ok(self.clone().with_state(())))
+    }
+}
+
+/// `httpdown::serve(listener, method_router, &shutdown)`, as with `axum::serve`.
+impl<L: Listener> Service<IncomingConnection<'_, L>> for MethodRouter<()> {
+    type Response = MethodRouter<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Self::Error>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _connection: IncomingConnection<'_, L>) -> Self::Future {
+        ready(Ok(self.clone().with_state(())))
+    }
+}
+
+/// `ConnectInfo<SocketAddr>` for handlers, with
+/// `router.into_make_service_with_connect_info::<SocketAddr>()`, on any listener whose
+/// addresses are socket addresses (TCP, TLS over TCP).
+impl<L> Connected<IncomingConnection<'_, L>> for SocketAddr
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    fn connect_info(connection: IncomingConnection<'_, L>) -> Self {
+        *connection.remote_addr()
+    }
+}
+
+/// `ConnectInfo<tokio::net::unix::SocketAddr>` for handlers, with
+/// `router.into_make_service_with_connect_info::<tokio::net::unix::SocketAddr>()`, on a
+/// Unix socket.
+#[cfg(unix)]
+impl<L> Connected<IncomingConnection<'_, L>> for tokio::net::unix::SocketAddr
+where
+    L: Listener<Addr = tokio::net::unix::SocketAddr>,
+{
+    fn connect_info(connection: IncomingConnection<'_, L>) -> Self {
+        connection.remote_addr().clone()
     }
 }
 

@@ -11,6 +11,7 @@ mod connection;
 mod executor;
 mod io;
 mod listener;
+mod make;
 mod service;
 
 use std::fmt;
@@ -20,16 +21,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use tower_service::Service;
 
 pub use listener::Listener;
+pub use make::{IncomingConnection, MakeService};
 
 use self::connection::Connection;
 use self::executor::TrackedExecutor;
@@ -40,7 +38,7 @@ use crate::drain::Scoped;
 use crate::error::ConfigError;
 use crate::lifecycle::Step;
 use crate::task::{catch_panics, Task};
-use crate::{BoxError, Error, Report, Shutdown};
+use crate::{Error, Report, Shutdown};
 
 /// When [`serve`] closes an idle HTTP/1 keep-alive connection during the drain.
 ///
@@ -124,7 +122,11 @@ const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// invalid option, [`Error::Accept`] if the listener fails: `serve` then triggers the
 /// shutdown, so the connections it accepted drain with the usual deadlines (as do those
 /// of every other server of the same controller), and returns the error once it is done.
-pub fn serve<L, S>(listener: L, app: S, shutdown: &Shutdown) -> Serve<L, S> {
+pub fn serve<L, M>(listener: L, app: M, shutdown: &Shutdown) -> Serve<L, M>
+where
+    L: Listener,
+    M: MakeService<L>,
+{
     Serve {
         listener,
         app,
@@ -154,19 +156,10 @@ pub fn serve<L, S>(listener: L, app: S, shutdown: &Shutdown) -> Serve<L, S> {
 /// # Errors
 /// [`Error::Bind`] if the address cannot be bound, [`Error::Signal`] if the signal
 /// handlers cannot be installed, and the errors of [`serve`].
-pub async fn listen_and_serve<A, S, B>(
-    addr: A,
-    app: S,
-    shutdown: &Shutdown,
-) -> Result<Report, Error>
+pub async fn listen_and_serve<A, M>(addr: A, app: M, shutdown: &Shutdown) -> Result<Report, Error>
 where
     A: ToSocketAddrs + fmt::Display,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    M: MakeService<TcpListener>,
 {
     let listener = TcpListener::bind(&addr)
         .await
@@ -186,9 +179,9 @@ where
 
 /// The builder [`serve`] returns. `.await` it to serve.
 #[must_use = "serve does nothing until awaited"]
-pub struct Serve<L, S> {
+pub struct Serve<L, M> {
     listener: L,
-    app: S,
+    app: M,
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
     idle_close: IdleClose,
@@ -198,7 +191,7 @@ pub struct Serve<L, S> {
     registration: TaskTrackerToken,
 }
 
-impl<L, S> Serve<L, S> {
+impl<L, M> Serve<L, M> {
     /// When idle HTTP/1 keep-alive connections close during the drain (default
     /// [`IdleClose::Immediately`]). See [`IdleClose`].
     pub fn idle_close(mut self, idle_close: IdleClose) -> Self {
@@ -221,7 +214,7 @@ impl<L, S> Serve<L, S> {
     }
 }
 
-impl<L: fmt::Debug, S> fmt::Debug for Serve<L, S> {
+impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serve")
             .field("listener", &self.listener)
@@ -250,15 +243,10 @@ impl fmt::Debug for ServeFuture {
     }
 }
 
-impl<L, S, B> IntoFuture for Serve<L, S>
+impl<L, M> IntoFuture for Serve<L, M>
 where
     L: Listener,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    M: MakeService<L>,
 {
     type Output = Result<Report, Error>;
     type IntoFuture = ServeFuture;
@@ -268,20 +256,11 @@ where
     }
 }
 
-impl<L, S> Serve<L, S> {
-    async fn run<B>(self) -> Result<Report, Error>
-    where
-        L: Listener,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+impl<L: Listener, M: MakeService<L>> Serve<L, M> {
+    async fn run(self) -> Result<Report, Error> {
         let Serve {
             mut listener,
-            app,
+            mut app,
             shutdown,
             header_read_timeout,
             idle_close,
@@ -314,6 +293,10 @@ impl<L, S> Serve<L, S> {
             let error = match accepted {
                 Ok((io, peer)) => {
                     tracing::trace!(?peer, "accepted");
+                    // As `axum::serve` does: one service per connection, made here.
+                    std::future::poll_fn(|cx| app.poll_ready(cx)).await;
+                    let made = app.make_service(IncomingConnection::new(&io, peer)).await;
+                    let service = made.unwrap_or_else(|never| match never {});
                     let connection = Connection::new(shutdown.clone());
                     let io = ConnIo::new(
                         io,
@@ -322,7 +305,7 @@ impl<L, S> Serve<L, S> {
                         shutdown.lifecycle().count_connection(),
                         L::has_pending_input,
                     );
-                    let service = ConnService::new(app.clone(), Arc::clone(&connection));
+                    let service = ConnService::new(service, Arc::clone(&connection));
                     let served = connection::run(
                         Arc::clone(&builder),
                         io,
