@@ -52,6 +52,14 @@ pub enum ConfigError {
     /// [`Serve::header_read_timeout`](crate::Serve::header_read_timeout) was zero.
     #[error("header_read_timeout must be greater than zero; pass None to disable it")]
     ZeroHeaderReadTimeout,
+    /// An HTTP/1 or HTTP/2 setting out of the range hyper accepts.
+    #[error("{setting} must be {allowed}")]
+    OutOfRange {
+        /// The setting, as `http2 max_frame_size`.
+        setting: &'static str,
+        /// What it may be, as `in 16384..=16777215`.
+        allowed: &'static str,
+    },
     /// [`Shutdown::trigger_on_signals`](crate::Shutdown::trigger_on_signals) was called
     /// outside a tokio runtime.
     #[error("trigger_on_signals must be called inside a tokio runtime")]

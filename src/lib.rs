@@ -118,8 +118,8 @@ pub use layer::{Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
 pub use request::ForceClosed;
 pub use serve::{
-    listen_and_serve, serve, IdleClose, IncomingConnection, Listener, MakeService, Serve,
-    ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
+    listen_and_serve, serve, Http1Settings, Http2Settings, IdleClose, IncomingConnection, Listener,
+    MakeService, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
 };
 pub use shutdown::{
     Builder, Phase, SecondSignal, Shutdown, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,

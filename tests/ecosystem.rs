@@ -128,3 +128,144 @@ async fn connect_info_on_a_unix_socket() {
     served_in_time(server).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// B42: hyper's HTTP/1 settings reach hyper: a request with more header fields than
+/// `max_headers` gets 431; keep-alive off closes after the response.
+#[tokio::test]
+async fn http1_settings_reach_hyper() {
+    use httpdown::Http1Settings;
+    use tokio::io::AsyncWriteExt;
+
+    let shutdown = shutdown(Duration::from_secs(5));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let server = tokio::spawn(
+        httpdown::serve(listener, app, &shutdown)
+            .http1(Http1Settings::new().max_headers(4).keep_alive(false))
+            .into_future(),
+    );
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_to_end(&mut conn).await;
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+
+    let mut conn = get_request(addr, "/").await;
+    let (text, end) = read_to_end(&mut conn).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eq!(end, End::Eof, "keep-alive off: closed after the response");
+    shutdown.trigger();
+    served_in_time(server).await;
+}
+
+/// The server's first SETTINGS frame on a new HTTP/2 connection: (id, value) pairs.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "a SETTINGS frame first");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}
+
+/// B42: hyper's HTTP/2 settings reach the wire; extended CONNECT (B43) is on by default
+/// and can be turned off.
+#[tokio::test]
+async fn http2_settings_reach_the_wire() {
+    use httpdown::Http2Settings;
+
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    const ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
+    let shutdown = shutdown(Duration::from_secs(5));
+    let app = || Router::new().route("/", get(|| async { "hello" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tuned = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(), &shutdown)
+            .http2(
+                Http2Settings::new()
+                    .max_concurrent_streams(7)
+                    .max_frame_size(32_768),
+            )
+            .into_future(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    let server2 = tokio::spawn(
+        httpdown::serve(listener, app(), &shutdown)
+            .http2(Http2Settings::new().enable_connect_protocol(false))
+            .into_future(),
+    );
+    let settings = server_settings(tuned).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
+        "{settings:?}"
+    );
+    assert!(settings.contains(&(MAX_FRAME_SIZE, 32_768)), "{settings:?}");
+    assert!(
+        settings.contains(&(ENABLE_CONNECT_PROTOCOL, 1)),
+        "{settings:?}"
+    );
+    let settings = server_settings(plain).await;
+    assert!(
+        !settings.contains(&(ENABLE_CONNECT_PROTOCOL, 1)),
+        "{settings:?}"
+    );
+    shutdown.trigger();
+    served_in_time(server).await;
+    served_in_time(server2).await;
+}
+
+/// Settings hyper would panic on are configuration errors, reported when the server is
+/// awaited, with a message that says what is allowed.
+#[tokio::test]
+async fn out_of_range_settings_are_configuration_errors() {
+    use httpdown::{ConfigError, Error, Http1Settings, Http2Settings};
+
+    let shutdown = shutdown(Duration::from_secs(5));
+    let app = || Router::new().route("/", get(|| async { "hello" }));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = httpdown::serve(listener, app(), &shutdown)
+        .http2(Http2Settings::new().max_frame_size(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ConfigError::OutOfRange { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: http2 max_frame_size must be in 16384..=16777215"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = httpdown::serve(listener, app(), &shutdown)
+        .http1(Http1Settings::new().max_buf_size(10))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: http1 max_buf_size must be at least 8192"
+    );
+}

@@ -237,3 +237,109 @@ async fn the_drain_extractor_needs_the_layer_or_serve() {
         "{body:?}"
     );
 }
+
+/// Opens a WebSocket over HTTP/2 (RFC 8441 extended CONNECT) on `io`, as a browser does.
+async fn h2_websocket<I>(
+    io: I,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://test{path}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "extended CONNECT accepted");
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+fn h2_ws_app() -> Router {
+    Router::new()
+        .route("/graceful", axum::routing::any(graceful_echo))
+        .route("/plain", axum::routing::any(plain_echo))
+}
+
+/// B43: a WebSocket over HTTP/2 is tracked (its connection counted as upgraded), told to
+/// go away with 1001 at drain start, and the drain ends when it closes.
+#[tokio::test(start_paused = true)]
+async fn an_h2_websocket_is_told_to_go_away_with_1001() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(httpdown::serve(listener, h2_ws_app(), &shutdown).into_future());
+    let mut client = h2_websocket(connector.connect(), "/graceful").await;
+    client.send(WsMessage::text("over h2")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("over h2")
+    );
+    let stats = shutdown.stats();
+    assert_eq!(stats.connections.upgraded, 1, "{stats:?}");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    match client.next().await {
+        Some(Ok(WsMessage::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a Close frame with 1001, got {other:?}"),
+    }
+    // Reading on answers the Close; the stream ends and the drain with it.
+    while let Some(Ok(_)) = client.next().await {}
+    let report = served(server).await;
+    assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+    assert_eq!(Instant::now(), t0, "no timer was waited for");
+}
+
+/// B43: a WebSocket over HTTP/2 that ignores the drain holds it and is force-closed at
+/// the stop deadline, to the millisecond.
+#[tokio::test(start_paused = true)]
+async fn an_h2_websocket_that_ignores_the_drain_is_force_closed_at_the_stop_deadline() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(httpdown::serve(listener, h2_ws_app(), &shutdown).into_future());
+    let mut client = h2_websocket(connector.connect(), "/plain").await;
+    client.send(WsMessage::text("ping")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("ping")
+    );
+    let t0 = Instant::now();
+    shutdown.trigger();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    client.send(WsMessage::text("still here")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("still here")
+    );
+    let end = client.next().await;
+    assert_eq!(Instant::now() - t0, Duration::from_secs(5), "{end:?}");
+    assert!(!matches!(end, Some(Ok(WsMessage::Close(_)))), "{end:?}");
+    let report = served(server).await;
+    assert_eq!(
+        report.outcome(),
+        Outcome::ForceClosed {
+            connections: 1,
+            requests: 0
+        },
+        "{report}"
+    );
+}

@@ -13,6 +13,7 @@ mod io;
 mod listener;
 mod make;
 mod service;
+mod settings;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -28,6 +29,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 pub use listener::Listener;
 pub use make::{IncomingConnection, MakeService};
+pub use settings::{Http1Settings, Http2Settings};
 
 use self::connection::Connection;
 use self::executor::TrackedExecutor;
@@ -83,7 +85,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Timeouts at least this long are treated as none: hyper adds them to the clock, and
 /// a century is never in practice.
-const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(crate) const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Serves `app` on `listener` until `shutdown` is done, and returns its [`Report`].
 ///
@@ -133,6 +135,8 @@ where
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
         idle_close: IdleClose::Immediately,
+        http1: Http1Settings::default(),
+        http2: Http2Settings::default(),
         config_error: None,
         registration: shutdown.lifecycle().count_server(),
     }
@@ -185,6 +189,8 @@ pub struct Serve<L, M> {
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
     idle_close: IdleClose,
+    http1: Http1Settings,
+    http2: Http2Settings,
     /// The first invalid option, returned when awaited.
     config_error: Option<ConfigError>,
     /// Keeps the shutdown from finishing before this server has started.
@@ -214,6 +220,29 @@ impl<L, M> Serve<L, M> {
     }
 }
 
+impl<L, M> Serve<L, M> {
+    /// hyper's HTTP/1 settings (header limits, keep-alive, buffer size). An invalid one
+    /// is returned as [`Error::Config`] when the server is awaited.
+    pub fn http1(mut self, settings: Http1Settings) -> Self {
+        if let Err(error) = settings.check() {
+            self.config_error.get_or_insert(error);
+        }
+        self.http1 = settings;
+        self
+    }
+
+    /// hyper's HTTP/2 settings (streams, windows, frame size, keep-alive pings, extended
+    /// CONNECT). An invalid one is returned as [`Error::Config`] when the server is
+    /// awaited.
+    pub fn http2(mut self, settings: Http2Settings) -> Self {
+        if let Err(error) = settings.check() {
+            self.config_error.get_or_insert(error);
+        }
+        self.http2 = settings;
+        self
+    }
+}
+
 impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Serve")
@@ -221,6 +250,8 @@ impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
             .field("shutdown", &self.shutdown)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_close", &self.idle_close)
+            .field("http1", &self.http1)
+            .field("http2", &self.http2)
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +295,8 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             shutdown,
             header_read_timeout,
             idle_close,
+            http1,
+            http2,
             config_error,
             registration,
         } = self;
@@ -279,6 +312,8 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
         builder.http2().timer(TokioTimer::new());
+        http1.apply(&mut builder);
+        http2.apply(&mut builder);
         let builder = Arc::new(builder);
         crate::stats::metrics_impl::serve();
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::ext::Protocol;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_service::Service;
@@ -42,7 +43,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let guard = ConnGuard::new(&self.connection, req.version());
+        let mut guard = ConnGuard::new(&self.connection, req.version());
+        // RFC 8441: an HTTP/2 CONNECT with a `:protocol` (WebSockets over HTTP/2).
+        guard.extended_connect =
+            req.method() == Method::CONNECT && req.extensions().get::<Protocol>().is_some();
         if guard.is_force_closing() {
             return CountedFuture::rejected(guard);
         }
@@ -55,6 +59,8 @@ pub(crate) struct ConnGuard {
     _token: TaskTrackerToken,
     connection: Arc<Connection>,
     http1: bool,
+    /// An HTTP/2 extended CONNECT: a `2xx` upgrades its stream.
+    extended_connect: bool,
 }
 
 impl ConnGuard {
@@ -69,6 +75,7 @@ impl ConnGuard {
             _token: token,
             connection: Arc::clone(connection),
             http1: version <= Version::HTTP_11,
+            extended_connect: false,
         }
     }
 }
@@ -83,11 +90,15 @@ impl Counted for ConnGuard {
         self.connection.lifecycle().token(Step::ForceClosing)
     }
 
-    /// A response that switches protocols hands the connection to an upgrade task. An
-    /// HTTP/1 response written after drain start carries `Connection: close`, so the
-    /// connection closes right after it, whether or not hyper has been told yet.
+    /// A response that switches protocols hands the connection (HTTP/1) or the stream
+    /// (HTTP/2 extended CONNECT) to an upgrade task. An HTTP/1 response written after
+    /// drain start carries `Connection: close`, so the connection closes right after it,
+    /// whether or not hyper has been told yet.
     fn on_response<B>(&mut self, response: &mut Response<B>) {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status();
+        let upgraded = status == StatusCode::SWITCHING_PROTOCOLS
+            || (self.extended_connect && status.is_success());
+        if upgraded {
             self.connection.mark_upgraded();
         } else if self.http1 && self.connection.lifecycle().reached(Step::DrainStarted) {
             response
