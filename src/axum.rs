@@ -133,6 +133,54 @@ where
     }
 }
 
+/// An axum [`Listener`](axum::serve::Listener) for [`serve`](crate::serve()): axum's
+/// own listeners, ones of your own written for `axum::serve`, and those made with
+/// `ListenerExt::tap_io`.
+///
+/// ```
+/// # async fn run(app: axum::Router, shutdown: httpdown::Shutdown) -> std::io::Result<()> {
+/// use axum::serve::ListenerExt;
+/// use httpdown::axum::AxumListener;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+///     .await?
+///     .tap_io(|tcp| {
+///         let _ = tcp.set_nodelay(true);
+///     });
+/// let serving = httpdown::serve(AxumListener(listener), app, &shutdown);
+/// # let _ = serving;
+/// # Ok(()) }
+/// ```
+///
+/// An axum listener hands over no socket to look at, so compared with serving a
+/// `tokio::net::TcpListener` directly two guarantees of the drain are lost: a request
+/// whose bytes had already arrived on an idle keep-alive connection at drain start is not
+/// served (the connection closes at once, as with `axum::serve`), and a connection
+/// closed with unread input is not given a lingering close (the kernel may reset it). Its
+/// accept loop also retries errors itself, so `serve`'s own handling of them (and
+/// [`Error::Accept`](crate::Error::Accept)) does not apply. Everything else, the stop and
+/// kill deadlines, upgrades, HTTP/2 and the report, is the same. `TCP_NODELAY` is set
+/// only if the listener sets it (axum's `TcpListener` does not; `tap_io` can).
+#[derive(Debug)]
+pub struct AxumListener<L>(pub L);
+
+impl<L> Listener for AxumListener<L>
+where
+    L: axum::serve::Listener,
+    L::Addr: fmt::Debug,
+{
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, Self::Addr)> {
+        Ok(self.0.accept().await)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 /// A [`WebSocket`] that says goodbye at drain start.
 ///
 /// [`recv`](Self::recv) works as on the plain socket until drain start. Then it sends a

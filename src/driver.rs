@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lifecycle::{Lifecycle, Step};
-use crate::report::{plural, Limit, Outcome, Report, Timeline};
+use crate::report::{plural, Counts, Limit, Outcome, Report, Timeline};
 use crate::shutdown::Config;
 use crate::stats::{metrics_impl, Counters};
 
@@ -29,8 +29,8 @@ pub(crate) struct Driver<'a> {
     lifecycle: &'a Lifecycle,
     counters: &'a Counters,
     timeline: Timeline,
-    /// Connections and requests open at drain start.
-    at_drain: (usize, usize),
+    /// What the report counts.
+    counts: Counts,
 }
 
 impl<'a> Driver<'a> {
@@ -44,7 +44,7 @@ impl<'a> Driver<'a> {
             lifecycle,
             counters,
             timeline: Timeline::new(Instant::now()),
-            at_drain: (0, 0),
+            counts: Counts::default(),
         }
     }
 
@@ -144,11 +144,12 @@ impl<'a> Driver<'a> {
     fn start_drain(&mut self) -> Instant {
         let now = Instant::now();
         self.timeline.drain_started = Some(now);
-        self.at_drain = self.left();
+        self.counts.at_drain = self.left();
+        self.counts.background_at_drain = self.lifecycle.background();
         self.lifecycle.close_trackers();
         self.lifecycle.reach(Step::DrainStarted);
         metrics_impl::drain_started();
-        let (connections, requests) = self.at_drain;
+        let (connections, requests) = self.counts.at_drain;
         tracing::info!(
             connections,
             requests,
@@ -167,6 +168,7 @@ impl<'a> Driver<'a> {
             self.timeline.escalated = Some(now);
         }
         let (connections, requests) = self.left();
+        self.counts.background_force_closed = self.lifecycle.background();
         if escalated {
             tracing::warn!(
                 connections,
@@ -192,8 +194,10 @@ impl<'a> Driver<'a> {
             outcome,
             &self.timeline,
             Instant::now(),
-            self.at_drain,
-            self.counters.panics(),
+            Counts {
+                panics: self.counters.panics(),
+                ..self.counts
+            },
         );
         metrics_impl::done(report.total());
         tracing::info!(outcome = ?report.outcome(), total = ?report.total(), "shutdown done");

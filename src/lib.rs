@@ -89,6 +89,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod background;
 mod drain;
 mod driver;
 mod error;
@@ -118,8 +119,9 @@ pub use layer::{Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
 pub use request::ForceClosed;
 pub use serve::{
-    listen_and_serve, serve, Http1Settings, Http2Settings, IdleClose, IncomingConnection, Listener,
-    MakeService, Serve, ServeFuture, DEFAULT_HEADER_READ_TIMEOUT,
+    listen_and_serve, serve, ConnectionWatcher, Http1Settings, Http2Settings, IdleClose,
+    IncomingConnection, Listener, MakeService, PendingInput, Serve, ServeFuture, WatchedIo,
+    DEFAULT_HEADER_READ_TIMEOUT,
 };
 pub use shutdown::{
     Builder, Phase, SecondSignal, Shutdown, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,

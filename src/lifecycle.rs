@@ -67,6 +67,8 @@ pub(crate) struct Lifecycle {
     /// One token per `serve` built and not yet past its accept loop, so a trigger that
     /// lands before a server runs still waits for it to close its listener.
     servers: TaskTracker,
+    /// Background work registered with the shutdown (`Shutdown::spawn`).
+    background: TaskTracker,
 }
 
 impl Default for Lifecycle {
@@ -82,6 +84,7 @@ impl Default for Lifecycle {
             connections: TaskTracker::new(),
             tasks: TaskTracker::new(),
             servers: TaskTracker::new(),
+            background: TaskTracker::new(),
         }
     }
 }
@@ -162,11 +165,30 @@ impl Lifecycle {
         self.tasks.spawn(task);
     }
 
+    /// Spawns background work on `runtime`: the shutdown waits for it.
+    pub(crate) fn spawn_background<F>(
+        &self,
+        work: F,
+        runtime: &tokio::runtime::Handle,
+    ) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.background.spawn_on(work, runtime)
+    }
+
+    /// Background tasks still running.
+    pub(crate) fn background(&self) -> usize {
+        self.background.len()
+    }
+
     /// At drain start: from here on the trackers count down to empty.
     pub(crate) fn close_trackers(&self) {
         self.connections.close();
         self.tasks.close();
         self.servers.close();
+        self.background.close();
         self.requests.close();
     }
 
@@ -176,6 +198,7 @@ impl Lifecycle {
         self.connections.wait().await;
         self.tasks.wait().await;
         self.servers.wait().await;
+        self.background.wait().await;
         self.requests.wait().await;
     }
 

@@ -68,7 +68,22 @@ pub struct Report {
     total: Duration,
     connections_at_drain: usize,
     requests_at_drain: usize,
+    background_at_drain: usize,
+    background_force_closed: usize,
     panics: u64,
+}
+
+/// What the driver counted, for the report.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    /// Connections and requests open at drain start.
+    pub(crate) at_drain: (usize, usize),
+    /// Background tasks running at drain start.
+    pub(crate) background_at_drain: usize,
+    /// Background tasks still running when force-closing began.
+    pub(crate) background_force_closed: usize,
+    /// Tasks that panicked.
+    pub(crate) panics: u64,
 }
 
 impl Report {
@@ -76,9 +91,9 @@ impl Report {
         outcome: Outcome,
         timeline: &Timeline,
         done: Instant,
-        (connections_at_drain, requests_at_drain): (usize, usize),
-        panics: u64,
+        counts: Counts,
     ) -> Self {
+        let (connections_at_drain, requests_at_drain) = counts.at_drain;
         let since = |from: Instant, to: Instant| to.saturating_duration_since(from);
         let drain_start = timeline.drain_started.unwrap_or(done);
         let drain_end = timeline.force_closing.unwrap_or(done);
@@ -91,7 +106,9 @@ impl Report {
             total: since(timeline.triggered, done),
             connections_at_drain,
             requests_at_drain,
-            panics,
+            background_at_drain: counts.background_at_drain,
+            background_force_closed: counts.background_force_closed,
+            panics: counts.panics,
         }
     }
 
@@ -146,6 +163,17 @@ impl Report {
     /// Requests in flight at drain start.
     pub fn requests_at_drain(&self) -> usize {
         self.requests_at_drain
+    }
+
+    /// Background tasks ([`Shutdown::spawn`](crate::Shutdown::spawn)) running at drain
+    /// start.
+    pub fn background_at_drain(&self) -> usize {
+        self.background_at_drain
+    }
+
+    /// Background tasks still running when force-closing began, and so dropped.
+    pub fn background_force_closed(&self) -> usize {
+        self.background_force_closed
     }
 
     /// Tasks spawned by the crate that panicked before the shutdown ended (connections,
@@ -223,6 +251,16 @@ impl fmt::Display for Report {
             plural(self.connections_at_drain, "connection"),
             plural(self.requests_at_drain, "request"),
         )?;
+        if self.background_at_drain > 0 {
+            write!(
+                f,
+                ", {}",
+                plural(self.background_at_drain, "background task")
+            )?;
+            if self.background_force_closed > 0 {
+                write!(f, " ({} force-closed)", self.background_force_closed)?;
+            }
+        }
         if self.panics > 0 {
             let panics = usize::try_from(self.panics).unwrap_or(usize::MAX);
             write!(f, "; {} panicked", plural(panics, "task"))?;

@@ -399,6 +399,11 @@ impl Shutdown {
         &self.shared.lifecycle
     }
 
+    /// The runtime current when the controller was built.
+    pub(crate) fn runtime(&self) -> Option<Handle> {
+        self.shared.runtime.clone()
+    }
+
     /// The counters behind [`Stats`].
     #[inline]
     pub(crate) fn counters(&self) -> &Counters {

@@ -26,6 +26,8 @@ pub(crate) enum Task {
     Linger,
     /// The task that listens for shutdown signals.
     Signals,
+    /// Background work registered with `Shutdown::spawn`.
+    Background,
     /// The shutdown's own lifecycle.
     Driver,
 }
@@ -37,6 +39,7 @@ impl Task {
             Task::Stream => "HTTP/2 stream",
             Task::Linger => "lingering close",
             Task::Signals => "signal listener",
+            Task::Background => "background",
             Task::Driver => "shutdown driver",
         }
     }

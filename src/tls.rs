@@ -239,6 +239,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<I> {
     }
 }
 
+/// Bytes waiting on the connection under TLS (a request on its way, or a handshake).
+impl<I: crate::PendingInput> crate::PendingInput for TlsIo<I> {
+    fn has_pending_input(&self) -> bool {
+        self.get_ref()
+            .is_some_and(crate::PendingInput::has_pending_input)
+    }
+}
+
 impl<I> fmt::Debug for TlsIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {

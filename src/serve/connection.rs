@@ -14,13 +14,14 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::executor::TrackedExecutor;
-use super::io::ConnIo;
+use super::io::WatchedIo;
 use super::service::ConnService;
 use super::IdleClose;
 use crate::lifecycle::{Lifecycle, Step, StepWait};
@@ -43,6 +44,9 @@ pub(crate) struct Connection {
     /// The client sent the HTTP/2 preface. Written and read by this connection's task
     /// (through its IO), so `Relaxed` suffices.
     http2: AtomicBool,
+    /// The connection's future has ended: an IO still alive now belongs to an upgrade.
+    /// `Relaxed`, as `upgraded`: the handover to the upgrade synchronizes.
+    detached: AtomicBool,
     /// The drain-start probe for unread input, between the task and the IO.
     probe: Probe,
 }
@@ -75,6 +79,7 @@ impl Connection {
             }),
             upgraded: AtomicBool::new(false),
             http2: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             probe: Probe::default(),
         })
     }
@@ -153,6 +158,17 @@ impl Connection {
 
     pub(crate) fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The connection's future has ended; its IO, if still alive, belongs to an upgrade.
+    pub(crate) fn detach(&self) {
+        self.detached.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the socket now belongs to an upgrade (a `101`, an extended CONNECT, or an
+    /// IO that outlived its connection's future).
+    pub(crate) fn is_handed_over(&self) -> bool {
+        self.is_upgraded() || self.detached.load(Ordering::Relaxed)
     }
 
     /// The client opened with the HTTP/2 preface.
@@ -239,9 +255,9 @@ impl Probe {
 }
 
 /// What ended a wait on the connection.
-enum Event {
+enum Event<E> {
     /// The connection ended (closed by either side, or an error).
-    Ended(Result<(), BoxError>),
+    Ended(Result<(), E>),
     /// The stop deadline passed: drop the connection.
     ForceClosing,
     DrainStarted,
@@ -260,12 +276,10 @@ struct Until {
     deadline: Option<Instant>,
 }
 
-/// Serves one connection until it ends: through the drain (idle HTTP/1 connections
-/// closed, busy ones after their response, HTTP/2 with GOAWAY) and, at the stop
-/// deadline, by dropping it, which closes its socket.
+/// Serves one connection of `serve` until it ends (see [`watch`]).
 pub(crate) async fn run<I, S, B>(
     builder: Arc<auto::Builder<TrackedExecutor>>,
-    io: ConnIo<I>,
+    io: WatchedIo<I>,
     service: ConnService<S>,
     connection: Arc<Connection>,
     idle_close: IdleClose,
@@ -280,27 +294,61 @@ pub(crate) async fn run<I, S, B>(
 {
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    if let Some(result) = watch(conn, &connection, idle_close).await {
+        log_end(result);
+    }
+}
+
+/// Drives `conn` until it ends, through the drain: at drain start a busy HTTP/1
+/// connection closes after its response (with `Connection: close`), HTTP/2 gets GOAWAY,
+/// and an idle HTTP/1 connection (or one that has sent nothing) closes now, unless a
+/// request is already on it or `idle_close` keeps it a little longer. At the stop
+/// deadline `conn` is dropped, which closes its socket: `None`.
+///
+/// What it knows of the connection comes from `connection`, which serve's IO (the
+/// protocol, the probe) and service (requests, upgrades) keep; a connection watched
+/// without them is treated as an idle HTTP/1 one, which closes (or gets GOAWAY) at once.
+pub(crate) async fn watch<C>(
+    conn: C,
+    connection: &Connection,
+    idle_close: IdleClose,
+) -> Option<Result<(), C::Error>>
+where
+    C: GracefulConnection,
+{
     tokio::pin!(conn);
     let (drain, force) = (StepWait::new(), StepWait::new());
     tokio::pin!(drain, force);
     let mut watch = Watch {
-        connection: &connection,
+        connection,
         drain,
         force,
     };
+    let end = drive(conn, &mut watch, idle_close).await;
+    // From here an IO still alive belongs to an upgrade.
+    connection.detach();
+    end
+}
+
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    watch: &mut Watch<'_>,
+    idle_close: IdleClose,
+) -> Option<Result<(), C::Error>>
+where
+    C: GracefulConnection,
+{
+    let connection = watch.connection;
     let until_drain = Until {
         drain_start: true,
         ..Until::default()
     };
     match watch.until(conn.as_mut(), until_drain).await {
-        Event::Ended(result) => return log_end(result),
+        Event::Ended(result) => return Some(result),
         Event::DrainStarted => {}
-        _ => return,
+        _ => return None,
     }
 
-    // Busy HTTP/1 connections close after the current response, with `Connection: close`;
-    // HTTP/2 gets GOAWAY. An idle HTTP/1 connection (or one that has sent nothing) closes
-    // now, unless a request is already on it or `idle_close` keeps it a little longer.
     let drain_at = Instant::now();
     let http1 = !connection.is_http2() && !connection.is_upgraded();
     if http1 && connection.is_busy() && idle_close != IdleClose::Immediately {
@@ -313,14 +361,14 @@ pub(crate) async fn run<I, S, B>(
             ..Until::default()
         };
         match watch.until(conn.as_mut(), until_idle).await {
-            Event::Ended(result) => return log_end(result),
+            Event::Ended(result) => return Some(result),
             Event::Idle => {}
-            _ => return,
+            _ => return None,
         }
     }
     if http1 && !connection.is_busy() {
-        match idle_hold(conn.as_mut(), &connection, idle_close, drain_at).await {
-            Hold::Finished(result) => return log_end(result),
+        match idle_hold(conn.as_mut(), connection, idle_close, drain_at).await {
+            Hold::Finished(result) => return Some(result),
             Hold::Until(deadline) => {
                 let until_request = Until {
                     request_after: Some(connection.requests_started()),
@@ -328,17 +376,18 @@ pub(crate) async fn run<I, S, B>(
                     ..Until::default()
                 };
                 match watch.until(conn.as_mut(), until_request).await {
-                    Event::Ended(result) => return log_end(result),
+                    Event::Ended(result) => return Some(result),
                     Event::RequestStarted | Event::Deadline => {}
-                    _ => return,
+                    _ => return None,
                 }
             }
             Hold::No => {}
         }
     }
     conn.as_mut().graceful_shutdown();
-    if let Event::Ended(result) = watch.until(conn.as_mut(), Until::default()).await {
-        log_end(result);
+    match watch.until(conn.as_mut(), Until::default()).await {
+        Event::Ended(result) => Some(result),
+        _ => None,
     }
 }
 
@@ -361,9 +410,9 @@ impl Watch<'_> {
     ///
     /// Requests start and end inside the connection's own poll (hyper calls the service
     /// and polls the response body there), so their counts are read right after it.
-    async fn until<F>(&mut self, mut conn: Pin<&mut F>, until: Until) -> Event
+    async fn until<F, E>(&mut self, mut conn: Pin<&mut F>, until: Until) -> Event<E>
     where
-        F: Future<Output = Result<(), BoxError>>,
+        F: Future<Output = Result<(), E>>,
     {
         let sleep = until.deadline.map(tokio::time::sleep_until);
         tokio::pin!(sleep);
@@ -423,9 +472,9 @@ impl Watch<'_> {
 }
 
 /// How long an idle HTTP/1 connection stays open at drain start.
-enum Hold {
+enum Hold<E> {
     /// The connection ended while being looked at.
-    Finished(Result<(), BoxError>),
+    Finished(Result<(), E>),
     /// Until a request starts on it, or this instant (`None`: until the stop deadline).
     Until(Option<Instant>),
     /// Close it now.
@@ -435,14 +484,14 @@ enum Hold {
 /// How long to keep an idle HTTP/1 connection open at drain start: until the request
 /// whose bytes have already arrived starts (bounded by [`PENDING_INPUT_GRACE`]), or as
 /// `idle_close` says.
-async fn idle_hold<F>(
+async fn idle_hold<F, E>(
     mut conn: Pin<&mut F>,
     connection: &Connection,
     idle_close: IdleClose,
     drain_at: Instant,
-) -> Hold
+) -> Hold<E>
 where
-    F: Future<Output = Result<(), BoxError>>,
+    F: Future<Output = Result<(), E>>,
 {
     // Poll the connection once with the probe asked: hyper, idle, reads from the socket,
     // and the IO peeks at it first.

@@ -21,7 +21,54 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Whether a connection's socket has bytes waiting to be read.
 pub(crate) type PeekFn<I> = fn(&I) -> bool;
 
-/// The IO of one served connection.
+/// An IO whose unread input can be seen without reading it.
+///
+/// At drain start an idle HTTP/1 connection is looked at: a request whose bytes have
+/// already arrived is served (with `Connection: close`) rather than dropped unread, and a
+/// connection closed with unread input lingers so the client gets a clean close, not a
+/// reset. Implemented for TCP and Unix streams (and TLS over them).
+pub trait PendingInput {
+    /// Whether bytes are waiting to be read, without reading them.
+    fn has_pending_input(&self) -> bool;
+}
+
+#[cfg(unix)]
+fn peek_socket(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // The socket is non-blocking (tokio registered it): this never waits.
+    matches!(socket2::SockRef::from(&fd).peek(&mut buf), Ok(1..))
+}
+
+impl PendingInput for tokio::net::TcpStream {
+    #[cfg(unix)]
+    fn has_pending_input(&self) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(self.as_fd())
+    }
+
+    #[cfg(not(unix))]
+    fn has_pending_input(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(unix)]
+impl PendingInput for tokio::net::UnixStream {
+    fn has_pending_input(&self) -> bool {
+        use std::os::fd::AsFd;
+        peek_socket(self.as_fd())
+    }
+}
+
+/// An in-memory pipe: nothing to look at without reading.
+impl PendingInput for tokio::io::DuplexStream {
+    fn has_pending_input(&self) -> bool {
+        false
+    }
+}
+
+/// The IO of a connection served by [`serve`](crate::serve()), or of one of a hand-written
+/// accept loop watched with a [`ConnectionWatcher`](crate::ConnectionWatcher).
 ///
 /// - It holds the connection's count in the shutdown, so a connection stays counted for
 ///   as long as its socket lives, through an upgrade.
@@ -29,8 +76,9 @@ pub(crate) type PeekFn<I> = fn(&I) -> bool;
 ///   so a WebSocket task that ignores the drain still lets go of its socket.
 /// - It tells the connection whether the client opened with the HTTP/2 preface, and
 ///   answers the drain-start probe for unread input.
-/// - On drop during the drain, a socket with unread input lingers (see [`LINGER`]).
-pub(crate) struct ConnIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+/// - On drop during the drain, a socket with unread input lingers (FIN, then read and
+///   discard for up to 500 ms) so the client gets the end of its response, not a reset.
+pub struct WatchedIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     io: Option<I>,
     connection: Arc<Connection>,
     token: Option<TaskTrackerToken>,
@@ -41,14 +89,14 @@ pub(crate) struct ConnIo<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     force: Option<Pin<Box<StepWait>>>,
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> WatchedIo<I> {
     pub(crate) fn new(
         io: I,
         connection: Arc<Connection>,
         token: TaskTrackerToken,
         peek: PeekFn<I>,
     ) -> Self {
-        ConnIo {
+        WatchedIo {
             io: Some(io),
             connection,
             token: Some(token),
@@ -67,7 +115,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
     /// For an upgraded connection: fails once the stop deadline has passed, and otherwise
     /// makes sure the task is woken when it does.
     fn poll_force_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.connection.is_upgraded() {
+        if !self.connection.is_handed_over() {
             return Ok(());
         }
         let lifecycle = self.connection.lifecycle();
@@ -86,7 +134,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo<I> {
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ConnIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WatchedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -107,7 +155,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ConnIo<I>
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ConnIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WatchedIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -141,7 +189,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ConnIo<I
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ConnIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> std::fmt::Debug for WatchedIo<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchedIo")
+            .field("open", &self.io.is_some())
+            .field("handed_over", &self.connection.is_handed_over())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for WatchedIo<I> {
     fn drop(&mut self) {
         let (Some(mut io), Some(token)) = (self.io.take(), self.token.take()) else {
             return;

@@ -7,6 +7,8 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use super::io::PendingInput;
+
 /// A source of connections for [`serve`](crate::serve()).
 ///
 /// Implemented for [`tokio::net::TcpListener`] (which also sets `TCP_NODELAY` on every
@@ -42,14 +44,6 @@ pub trait Listener: Send + 'static {
     }
 }
 
-/// Peeks at a socket without blocking: `true` if at least one byte is waiting.
-#[cfg(unix)]
-fn peek_socket(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    // The socket is non-blocking (tokio registered it): this never waits.
-    matches!(socket2::SockRef::from(&fd).peek(&mut buf), Ok(1..))
-}
-
 impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
     type Addr = std::net::SocketAddr;
@@ -68,10 +62,8 @@ impl Listener for TcpListener {
         TcpListener::local_addr(self)
     }
 
-    #[cfg(unix)]
     fn has_pending_input(io: &Self::Io) -> bool {
-        use std::os::fd::AsFd;
-        peek_socket(io.as_fd())
+        PendingInput::has_pending_input(io)
     }
 }
 
@@ -89,8 +81,7 @@ impl Listener for tokio::net::UnixListener {
     }
 
     fn has_pending_input(io: &Self::Io) -> bool {
-        use std::os::fd::AsFd;
-        peek_socket(io.as_fd())
+        PendingInput::has_pending_input(io)
     }
 }
 

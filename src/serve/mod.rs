@@ -14,6 +14,7 @@ mod listener;
 mod make;
 mod service;
 mod settings;
+mod watch;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -27,13 +28,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+pub use self::io::{PendingInput, WatchedIo};
 pub use listener::Listener;
 pub use make::{IncomingConnection, MakeService};
 pub use settings::{Http1Settings, Http2Settings};
+pub use watch::ConnectionWatcher;
 
 use self::connection::Connection;
 use self::executor::TrackedExecutor;
-use self::io::ConnIo;
 use self::listener::AcceptError;
 use self::service::ConnService;
 use crate::drain::Scoped;
@@ -333,7 +335,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
                     let made = app.make_service(IncomingConnection::new(&io, peer)).await;
                     let service = made.unwrap_or_else(|never| match never {});
                     let connection = Connection::new(shutdown.clone());
-                    let io = ConnIo::new(
+                    let io = WatchedIo::new(
                         io,
                         Arc::clone(&connection),
                         // Counted from here until the socket closes, through an upgrade.

@@ -1,0 +1,100 @@
+//! Background work registered with a [`Shutdown`]: queue consumers, flushers, pollers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::error::ConfigError;
+use crate::lifecycle::{Step, StepWait};
+use crate::task::{catch_panics, Task};
+use crate::{Drain, Error, Shutdown};
+
+impl Shutdown {
+    /// Spawns background work that the shutdown looks after like a request: the work
+    /// gets a [`Drain`] to see drain start (and stop taking new work, flush, ...), the
+    /// shutdown waits for it to finish, and at the stop deadline it is dropped
+    /// (force-closed). The [`Report`](crate::Report) counts it.
+    ///
+    /// The task runs on the current tokio runtime, or the one current when the controller
+    /// was built. Its handle resolves to `Some(output)`, or `None` if it was dropped at
+    /// the stop deadline or panicked (a panic is logged and counted).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), httpdown::Error> {
+    /// let shutdown = httpdown::Shutdown::new();
+    /// let consumer = shutdown.spawn(|drain| async move {
+    ///     let mut handled = 0;
+    ///     while !drain.is_started() {
+    ///         // take the next message ...
+    ///         handled += 1;
+    ///         tokio::task::yield_now().await;
+    ///     }
+    ///     handled // then flush and end
+    /// })?;
+    /// shutdown.trigger();
+    /// let report = shutdown.wait().await;
+    /// assert!(consumer.await.unwrap().is_some(), "ended by itself at drain start");
+    /// assert_eq!(report.background_at_drain(), 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] ([`ConfigError::NoRuntime`]) outside a tokio runtime.
+    pub fn spawn<F, Fut>(&self, work: F) -> Result<JoinHandle<Option<Fut::Output>>, Error>
+    where
+        F: FnOnce(Drain) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let runtime = Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime())
+            .ok_or(Error::Config(ConfigError::NoRuntime))?;
+        let work = UntilForceClosing {
+            work: work(self.drain()),
+            shutdown: self.clone(),
+            force: StepWait::new(),
+        };
+        let shutdown = self.clone();
+        let task = async move {
+            catch_panics(Task::Background, shutdown.counters(), work)
+                .await
+                .flatten()
+        };
+        Ok(self.lifecycle().spawn_background(task, &runtime))
+    }
+}
+
+pin_project! {
+    /// Runs `work` until it ends (`Some`) or the stop deadline passes (`None`).
+    pub(crate) struct UntilForceClosing<F> {
+        #[pin]
+        pub(crate) work: F,
+        pub(crate) shutdown: Shutdown,
+        #[pin]
+        pub(crate) force: StepWait,
+    }
+}
+
+impl<F: Future> Future for UntilForceClosing<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let lifecycle = this.shutdown.lifecycle();
+        let closing = lifecycle.reached(Step::ForceClosing);
+        if !closing {
+            if let Poll::Ready(output) = this.work.poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+        }
+        this.force
+            .poll_cancelled(lifecycle.token(Step::ForceClosing), closing, cx)
+            .map(|()| None)
+    }
+}
