@@ -5,8 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
+use std::time::Duration;
 use tokio::runtime::Handle;
+
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 
 use crate::error::ConfigError;
 use crate::lifecycle::{Step, StepWait};
@@ -55,11 +58,7 @@ impl Shutdown {
             .ok()
             .or_else(|| self.runtime())
             .ok_or(Error::Config(ConfigError::NoRuntime))?;
-        let work = UntilForceClosing {
-            work: work(self.drain()),
-            shutdown: self.clone(),
-            force: StepWait::new(),
-        };
+        let work = UntilForceClosing::new(work(self.drain()), self.clone(), None);
         let shutdown = self.clone();
         let task = async move {
             catch_panics(Task::Background, shutdown.counters(), work)
@@ -71,13 +70,29 @@ impl Shutdown {
 }
 
 pin_project! {
-    /// Runs `work` until it ends (`Some`) or the stop deadline passes (`None`).
+    /// Runs `work` until it ends (`Some`) or the stop deadline passes (`None`), then
+    /// for `grace` more if given.
     pub(crate) struct UntilForceClosing<F> {
         #[pin]
-        pub(crate) work: F,
-        pub(crate) shutdown: Shutdown,
+        work: F,
+        shutdown: Shutdown,
         #[pin]
-        pub(crate) force: StepWait,
+        force: StepWait,
+        grace: Option<Duration>,
+        #[pin]
+        grace_end: Option<Sleep>,
+    }
+}
+
+impl<F> UntilForceClosing<F> {
+    pub(crate) fn new(work: F, shutdown: Shutdown, grace: Option<Duration>) -> Self {
+        UntilForceClosing {
+            work,
+            shutdown,
+            force: StepWait::new(),
+            grace,
+            grace_end: None,
+        }
     }
 }
 
@@ -85,16 +100,32 @@ impl<F: Future> Future for UntilForceClosing<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let lifecycle = this.shutdown.lifecycle();
         let closing = lifecycle.reached(Step::ForceClosing);
-        if !closing {
+        let in_grace = this.grace_end.is_some();
+        if !closing || in_grace {
+            if let Poll::Ready(output) = this.work.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+        }
+        if !in_grace {
+            let token = lifecycle.token(Step::ForceClosing);
+            if this.force.poll_cancelled(token, closing, cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some(grace) = *this.grace else {
+                return Poll::Ready(None);
+            };
+            this.grace_end.set(Some(tokio::time::sleep(grace)));
+            // Polled once more within the grace: it may end now.
             if let Poll::Ready(output) = this.work.poll(cx) {
                 return Poll::Ready(Some(output));
             }
         }
-        this.force
-            .poll_cancelled(lifecycle.token(Step::ForceClosing), closing, cx)
-            .map(|()| None)
+        match this.grace_end.as_pin_mut().map(|end| end.poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => Poll::Ready(None),
+        }
     }
 }

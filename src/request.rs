@@ -30,6 +30,12 @@ pub(crate) trait Counted {
     /// The token cancelled at the stop deadline, for a request that has to wait.
     fn force_token(&self) -> &CancellationToken;
 
+    /// A gRPC call: force-closed with `grpc-status: 14` (UNAVAILABLE), which gRPC clients
+    /// may retry, rather than with a transport error they read as UNKNOWN.
+    fn is_grpc(&self) -> bool {
+        false
+    }
+
     /// Sees the response before it goes out.
     fn on_response<B>(&mut self, response: &mut Response<B>) {
         let _ = response;
@@ -89,6 +95,45 @@ impl<F, G> CountedFuture<F, G> {
     }
 }
 
+/// Whether `request` is a gRPC call (`content-type: application/grpc...`).
+pub(crate) fn is_grpc<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `grpc-status: 14` (UNAVAILABLE) and why, as a gRPC status in headers or trailers.
+fn grpc_unavailable_status(headers: &mut http::HeaderMap) {
+    headers.insert("grpc-status", HeaderValue::from_static("14"));
+    headers.insert(
+        "grpc-message",
+        // Percent-encoded, as gRPC requires.
+        HeaderValue::from_static("server%20shutting%20down"),
+    );
+}
+
+/// The answer to a request that is not, or no longer, served: for a gRPC call a
+/// "trailers-only" response with `grpc-status: 14` (UNAVAILABLE); otherwise a `503` with
+/// `Connection: close`, whose body fails at once when `cut` (the stop deadline passed
+/// while it was pending). The guard goes into the body: the request counts until the
+/// answer is sent.
+fn refusal<B, G: Counted>(guard: Option<G>, cut: bool) -> Response<CountedBody<B, G>> {
+    if guard.as_ref().is_some_and(Counted::is_grpc) {
+        let mut response = Response::new(CountedBody::empty(guard));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        grpc_unavailable_status(response.headers_mut());
+        response
+    } else if cut {
+        unavailable(CountedBody::force_closed(guard))
+    } else {
+        unavailable(CountedBody::empty(guard))
+    }
+}
+
 /// A `503` with `Connection: close` and `body`.
 fn unavailable<B>(body: B) -> Response<B> {
     let mut response = Response::new(body);
@@ -111,9 +156,7 @@ where
             FutureProj::PassThrough { future } => future
                 .poll(cx)
                 .map_ok(|res| res.map(CountedBody::pass_through)),
-            FutureProj::Rejected { guard } => {
-                Poll::Ready(Ok(unavailable(CountedBody::empty(guard.take()))))
-            }
+            FutureProj::Rejected { guard } => Poll::Ready(Ok(refusal(guard.take(), false))),
             FutureProj::Counted {
                 future,
                 guard,
@@ -139,7 +182,7 @@ where
                 {
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(unavailable(CountedBody::force_closed(guard.take()))))
+                Poll::Ready(Ok(refusal(guard.take(), true)))
             }
         }
     }
@@ -227,6 +270,19 @@ where
                 return Poll::Ready(None);
             }
             BodyProj::ForceClosed { guard } => guard.take().is_some(),
+            BodyProj::Counted { guard, .. }
+                if guard
+                    .as_ref()
+                    .is_some_and(|g| g.is_grpc() && g.is_force_closing()) =>
+            {
+                // A gRPC call ends with its status in trailers (once the guard is gone).
+                let guard = guard.take();
+                self.set(CountedBody::Empty { guard: None });
+                drop(guard);
+                let mut trailers = http::HeaderMap::new();
+                grpc_unavailable_status(&mut trailers);
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
             BodyProj::Counted {
                 mut body,
                 guard,

@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::ResponseFuture;
 use crate::drain::Entered;
 use crate::lifecycle::Step;
-use crate::request::{Counted, CountedFuture};
+use crate::request::{is_grpc, Counted, CountedFuture};
 use crate::stats::metrics_impl;
 use crate::{Drain, Shutdown};
 
@@ -143,7 +143,7 @@ where
         if Drain::current_is(&self.shutdown) {
             return ResponseFuture::new(CountedFuture::pass_through(self.inner.call(req)));
         }
-        let mut guard = LayerGuard::new(&self.shutdown);
+        let mut guard = LayerGuard::new(&self.shutdown, is_grpc(&req));
         if guard.is_force_closing() {
             return ResponseFuture::new(CountedFuture::rejected(guard));
         }
@@ -158,18 +158,20 @@ where
 /// request's [`Drain`], the thread's current one while the request's service runs.
 pub(crate) struct LayerGuard {
     _token: TaskTrackerToken,
+    grpc: bool,
     /// Always `Some`, except while it is the thread's current drain (inside `scoped`).
     drain: Option<Drain>,
 }
 
 impl LayerGuard {
-    fn new(shutdown: &Shutdown) -> Self {
+    fn new(shutdown: &Shutdown, grpc: bool) -> Self {
         // Counted first, then the phase is looked at (by the caller): a request counted
         // before the drain sees an empty tracker is always waited for.
         let token = shutdown.lifecycle().count_request();
         shutdown.counters().request_started();
         LayerGuard {
             _token: token,
+            grpc,
             drain: Some(shutdown.drain()),
         }
     }
@@ -190,6 +192,10 @@ impl Counted for LayerGuard {
 
     fn force_token(&self) -> &CancellationToken {
         self.shutdown().lifecycle().token(Step::ForceClosing)
+    }
+
+    fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     #[inline]

@@ -28,6 +28,10 @@ use crate::lifecycle::{Lifecycle, Step, StepWait};
 use crate::stats::ConnKind;
 use crate::{BoxError, Shutdown};
 
+/// How long, at the stop deadline, a connection or stream that carried gRPC calls may go
+/// on to send their `grpc-status` trailers before it is dropped.
+pub(crate) const GRPC_FLUSH: Duration = Duration::from_millis(3);
+
 /// How long a request whose first bytes had arrived at drain start has to be read.
 const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
 
@@ -44,6 +48,10 @@ pub(crate) struct Connection {
     /// The client sent the HTTP/2 preface. Written and read by this connection's task
     /// (through its IO), so `Relaxed` suffices.
     http2: AtomicBool,
+    /// It carried a gRPC call: at the stop deadline it gets a moment to send the calls'
+    /// `grpc-status` trailers before it is dropped. `Relaxed`: a hint read by the same
+    /// connection's task.
+    grpc: AtomicBool,
     /// The connection's future has ended: an IO still alive now belongs to an upgrade.
     /// `Relaxed`, as `upgraded`: the handover to the upgrade synchronizes.
     detached: AtomicBool,
@@ -80,6 +88,7 @@ impl Connection {
             upgraded: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            grpc: AtomicBool::new(false),
             probe: Probe::default(),
         })
     }
@@ -158,6 +167,15 @@ impl Connection {
 
     pub(crate) fn is_upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// A gRPC call arrived on this connection.
+    pub(crate) fn mark_grpc(&self) {
+        self.grpc.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc.load(Ordering::Relaxed)
     }
 
     /// The connection's future has ended; its IO, if still alive, belongs to an upgrade.
@@ -324,7 +342,12 @@ where
         drain,
         force,
     };
-    let end = drive(conn, &mut watch, idle_close).await;
+    let mut end = drive(conn.as_mut(), &mut watch, idle_close).await;
+    if end.is_none() && connection.is_grpc() {
+        // Force-closed: the gRPC calls on it have just ended with their `grpc-status`
+        // trailers; give the connection a moment to send them.
+        end = tokio::time::timeout(GRPC_FLUSH, conn.as_mut()).await.ok();
+    }
     // From here an IO still alive belongs to an upgrade.
     connection.detach();
     end

@@ -3,9 +3,9 @@
 
 use std::future::Future;
 
+use super::connection::GRPC_FLUSH;
 use crate::background::UntilForceClosing;
 use crate::drain::Scoped;
-use crate::lifecycle::StepWait;
 use crate::task::{catch_panics, Task};
 use crate::Shutdown;
 
@@ -29,11 +29,9 @@ where
     fn execute(&self, future: F) {
         let shutdown = self.shutdown.clone();
         let stream = Scoped::new(future, shutdown.drain());
-        let task = UntilForceClosing {
-            work: stream,
-            shutdown: shutdown.clone(),
-            force: StepWait::new(),
-        };
+        // At the stop deadline a stream gets a moment to send what its body ends with
+        // (a gRPC call's `grpc-status` trailers); others end at once.
+        let task = UntilForceClosing::new(stream, shutdown.clone(), Some(GRPC_FLUSH));
         self.shutdown.lifecycle().spawn_task(async move {
             catch_panics(Task::Stream, shutdown.counters(), task).await;
         });

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::connection::Connection;
 use crate::lifecycle::Step;
-use crate::request::{Counted, CountedBody, CountedFuture};
+use crate::request::{is_grpc, Counted, CountedBody, CountedFuture};
 use crate::stats::metrics_impl;
 
 /// The app, for one connection.
@@ -44,6 +44,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let mut guard = ConnGuard::new(&self.connection, req.version());
+        if is_grpc(&req) {
+            guard.grpc = true;
+            self.connection.mark_grpc();
+        }
         // RFC 8441: an HTTP/2 CONNECT with a `:protocol` (WebSockets over HTTP/2).
         guard.extended_connect =
             req.method() == Method::CONNECT && req.extensions().get::<Protocol>().is_some();
@@ -61,6 +65,7 @@ pub(crate) struct ConnGuard {
     http1: bool,
     /// An HTTP/2 extended CONNECT: a `2xx` upgrades its stream.
     extended_connect: bool,
+    grpc: bool,
 }
 
 impl ConnGuard {
@@ -76,6 +81,7 @@ impl ConnGuard {
             connection: Arc::clone(connection),
             http1: version <= Version::HTTP_11,
             extended_connect: false,
+            grpc: false,
         }
     }
 }
@@ -88,6 +94,10 @@ impl Counted for ConnGuard {
 
     fn force_token(&self) -> &CancellationToken {
         self.connection.lifecycle().token(Step::ForceClosing)
+    }
+
+    fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     /// A response that switches protocols hands the connection (HTTP/1) or the stream
