@@ -150,12 +150,26 @@ impl<'a> Driver<'a> {
         self.lifecycle.reach(Step::DrainStarted);
         metrics_impl::drain_started();
         let (connections, requests) = self.counts.at_drain;
-        tracing::info!(
-            connections,
-            requests,
-            stop_timeout = %Limit(self.config.stop_timeout),
-            "drain started: listeners closed, connections told to finish"
-        );
+        // Only what this crate does: a layer alone closes no listener and no connection.
+        match self.counters.owns() {
+            (true, _) => tracing::info!(
+                connections,
+                requests,
+                stop_timeout = %Limit(self.config.stop_timeout),
+                "drain started: listeners closed, connections told to finish"
+            ),
+            (false, true) => tracing::info!(
+                connections,
+                requests,
+                stop_timeout = %Limit(self.config.stop_timeout),
+                "drain started: connections told to finish"
+            ),
+            (false, false) => tracing::info!(
+                requests,
+                stop_timeout = %Limit(self.config.stop_timeout),
+                "drain started: waiting for requests in flight"
+            ),
+        }
         now
     }
 

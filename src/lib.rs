@@ -78,11 +78,61 @@
 //! on an idle HTTP/1 connection rather than dropping it, and offers [`IdleClose`]
 //! against the keep-alive close race.
 //!
+//! # Fitting what you have
+//!
+//! - **axum apps as they are**: [`serve`] takes a `Router`, `router.into_make_service()`
+//!   and `router.into_make_service_with_connect_info::<SocketAddr>()` ([`MakeService`],
+//!   [`IncomingConnection`]); a plain tower service through `tower::make::Shared`.
+//! - **hyper's settings**: [`Serve::http1`] and [`Serve::http2`] ([`Http1Settings`],
+//!   [`Http2Settings`]), without losing any part of the drain.
+//! - **your own accept loop**: [`Shutdown::watch`] a hyper connection, and
+//!   [`ConnectionWatcher::io`] for what needs the socket; axum's listeners through
+//!   `axum::AxumListener`.
+//! - **background work**: [`Shutdown::spawn`].
+//! - **gRPC**: calls force-closed at the stop deadline end with `grpc-status: 14`
+//!   (UNAVAILABLE), not a transport error.
+//! - **Unix sockets**: [`bind_unix`] removes a stale socket file, never a live one.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), httpdown::Error> {
+//! use std::net::SocketAddr;
+//! use axum::{extract::ConnectInfo, routing::get, Router};
+//! use httpdown::{Http2Settings, Outcome, Shutdown};
+//!
+//! let shutdown = Shutdown::new();
+//! let app = Router::new().route(
+//!     "/",
+//!     get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let serving = httpdown::serve(
+//!     listener,
+//!     app.into_make_service_with_connect_info::<SocketAddr>(),
+//!     &shutdown,
+//! )
+//! .http2(Http2Settings::new().max_concurrent_streams(128));
+//! let flusher = shutdown.spawn(|drain| async move { drain.started().await })?;
+//! shutdown.trigger(); // a signal would do the same
+//! let report = serving.await?;
+//! assert_eq!(report.outcome(), Outcome::Drained);
+//! assert_eq!(flusher.await.unwrap(), Some(()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Logs
+//!
+//! Each step is a `tracing` event (targets `httpdown::shutdown`, `httpdown::driver`,
+//! `httpdown::signal`); with `tracing_subscriber`'s `EnvFilter` set `RUST_LOG=info` (or
+//! `httpdown=info`) to see them.
+//!
 //! # Feature flags
 //!
-//! - `axum`: the [`Drain`] extractor and [`axum::GracefulWebSocket`].
+//! - `axum`: the [`Drain`] extractor, `Service<IncomingConnection>` for `Router`,
+//!   `ConnectInfo` for [`serve`], `axum::GracefulWebSocket`, `axum::AxumListener`.
 //! - `metrics`: the statistics through the `metrics` facade ([`metric_names`]).
-//! - `tls`: HTTPS with rustls, [`tls::TlsListener`].
+//! - `tls`: HTTPS with rustls, `tls::TlsListener`.
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]
@@ -103,6 +153,8 @@ mod shutdown;
 mod signal;
 mod stats;
 mod task;
+#[cfg(unix)]
+mod unix;
 mod until_drain;
 
 #[cfg(feature = "axum")]
@@ -127,6 +179,8 @@ pub use shutdown::{
     Builder, Phase, SecondSignal, Shutdown, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,
 };
 pub use stats::{names as metric_names, ConnectionStats, Stats};
+#[cfg(unix)]
+pub use unix::bind_unix;
 pub use until_drain::UntilDrain;
 
 /// A boxed error, the error type of [`ResponseBody`].

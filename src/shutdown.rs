@@ -178,6 +178,7 @@ impl Builder {
                 counters: Counters::default(),
                 report: OnceLock::new(),
                 driver_started: AtomicBool::new(false),
+                signals: AtomicBool::new(false),
                 runtime: Handle::try_current().ok(),
             }),
         }
@@ -227,6 +228,8 @@ struct Shared {
     report: OnceLock<Report>,
     /// Whether the driver task has been spawned.
     driver_started: AtomicBool,
+    /// Whether `trigger_on_signals` has installed its handlers (once per controller).
+    signals: AtomicBool,
     /// The runtime current when the controller was built, to spawn the driver from a
     /// trigger outside any runtime.
     runtime: Option<Handle>,
@@ -284,16 +287,39 @@ impl Shutdown {
     /// the one current when the controller was built; if there is neither, it starts
     /// when one of the async methods ([`wait`](Self::wait), ...) is first polled.
     pub fn trigger(&self) {
+        self.trigger_by(None);
+    }
+
+    /// Triggers, saying what did (a signal's name) in the one line it logs.
+    pub(crate) fn trigger_by(&self, cause: Option<&dyn fmt::Display>) {
         let config = &self.shared.config;
         if self.lifecycle().reach(Step::Triggered) {
-            tracing::info!(
-                stop_timeout = %Limit(config.stop_timeout),
-                kill_timeout = %Limit(config.kill_timeout),
-                drain_delay = ?config.drain_delay,
-                "shutdown triggered"
+            let (stop, kill, delay) = (
+                Limit(config.stop_timeout),
+                Limit(config.kill_timeout),
+                config.drain_delay,
             );
+            match cause {
+                Some(cause) => tracing::info!(
+                    stop_timeout = %stop,
+                    kill_timeout = %kill,
+                    drain_delay = ?delay,
+                    "shutdown triggered by {cause}"
+                ),
+                None => tracing::info!(
+                    stop_timeout = %stop,
+                    kill_timeout = %kill,
+                    drain_delay = ?delay,
+                    "shutdown triggered"
+                ),
+            }
         }
         self.start_driver();
+    }
+
+    /// Marks the signal handlers as installed; `false` if they already were.
+    pub(crate) fn install_signals(&self) -> bool {
+        !self.shared.signals.swap(true, Ordering::AcqRel)
     }
 
     /// Escalates: triggers the shutdown if it has not been, and skips straight to

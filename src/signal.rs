@@ -75,7 +75,8 @@ impl Shutdown {
     /// The handlers are installed before this returns, so a signal that arrives right
     /// after is not missed (and no longer kills the process). A second signal during the
     /// shutdown does what [`Builder::on_second_signal`](crate::Builder::on_second_signal)
-    /// says. The listening task ends when the shutdown is done.
+    /// says. The listening task ends when the shutdown is done. A second call installs
+    /// nothing more: each signal is handled, and logged, once.
     ///
     /// # Errors
     /// [`Error::Config`] outside a tokio runtime; [`Error::Signal`] if the handlers cannot
@@ -84,6 +85,9 @@ impl Shutdown {
         let handle = Handle::try_current().map_err(|_| Error::Config(ConfigError::NoRuntime))?;
         let _guard = handle.enter();
         let signals = Signals::new().map_err(Error::Signal)?;
+        if !self.install_signals() {
+            return Ok(());
+        }
         let shutdown = self.clone();
         handle.spawn(async move {
             let listening = listen(shutdown.clone(), signals);
@@ -101,8 +105,7 @@ async fn listen(shutdown: Shutdown, mut signals: Signals) {
         signal = signals.recv() => signal,
         _ = &mut done => return,
     };
-    tracing::info!(signal = %first, "signal received: shutting down gracefully");
-    shutdown.trigger();
+    shutdown.trigger_by(Some(&first));
     loop {
         let again = tokio::select! {
             signal = signals.recv() => signal,

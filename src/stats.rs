@@ -76,6 +76,8 @@ pub(crate) struct Counters {
     force_closed: AtomicU64,
     requests: AtomicU64,
     panics: AtomicU64,
+    /// `serve` calls that ran their accept loop: whether anything closes listeners.
+    servers: AtomicU64,
 }
 
 impl Counters {
@@ -120,6 +122,21 @@ impl Counters {
     pub(crate) fn request_started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         metrics_impl::request_started();
+    }
+
+    /// A `serve` started its accept loop.
+    pub(crate) fn server_started(&self) {
+        self.servers.fetch_add(1, Ordering::Relaxed);
+        metrics_impl::serve();
+    }
+
+    /// Whether any `serve` ran, and whether any connection was accepted (by `serve`, or
+    /// watched): what the shutdown can say it closed.
+    pub(crate) fn owns(&self) -> (bool, bool) {
+        (
+            self.servers.load(Ordering::Relaxed) > 0,
+            self.accepted.load(Ordering::Relaxed) > 0,
+        )
     }
 
     pub(crate) fn panicked(&self) {

@@ -269,3 +269,33 @@ async fn out_of_range_settings_are_configuration_errors() {
         "invalid configuration: http1 max_buf_size must be at least 8192"
     );
 }
+
+/// A Unix socket served and shut down leaves its file behind; the next start binds it
+/// again (the file is stale: nobody listens), while a live server's path is refused.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_unix_socket_can_be_served_again_after_a_shutdown() {
+    use tokio::net::UnixStream;
+
+    let dir = std::env::temp_dir().join(format!("httpdown-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.sock");
+    for round in 0..2 {
+        let listener = httpdown::bind_unix(&path).expect("bound, stale file or not");
+        assert!(
+            httpdown::bind_unix(&path).is_err(),
+            "round {round}: live, not removed"
+        );
+        let shutdown = shutdown(Duration::from_secs(5));
+        let app = Router::new().route("/", get(|| async { "over uds" }));
+        let server = tokio::spawn(httpdown::serve(listener, app, &shutdown).into_future());
+        let mut conn = UnixStream::connect(&path).await.unwrap();
+        send_get(&mut conn, "/").await;
+        read_until(&mut conn, "over uds").await;
+        drop(conn);
+        shutdown.trigger();
+        served_in_time(server).await;
+        assert!(path.exists(), "round {round}: the file stays behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

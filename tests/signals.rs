@@ -51,14 +51,49 @@ async fn held_request(
         .into_body()
 }
 
+/// The crate's log lines, for this whole test process.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn install() -> Logs {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|line| line.contains(needle)).count()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_escalates_or_is_ignored_as_configured() {
+    let logs = Logs::install();
     // Ignore: the second signal changes nothing; the drain goes on.
     let ignoring = Shutdown::builder()
         .stop_timeout(Duration::from_secs(30))
         .kill_timeout(Duration::from_secs(1))
         .on_second_signal(SecondSignal::Ignore)
         .build();
+    ignoring.trigger_on_signals().unwrap();
+    // Installing twice listens once: each signal is handled, and logged, once (B47).
     ignoring.trigger_on_signals().unwrap();
     let held = held_request(&ignoring).await;
     raise("TERM");
@@ -74,6 +109,8 @@ async fn a_second_signal_escalates_or_is_ignored_as_configured() {
     drop(held);
     let report = no_panics(ignoring.wait().await);
     assert_eq!(report.outcome(), Outcome::Drained);
+    assert_eq!(logs.count("shutdown triggered by SIGTERM"), 1);
+    assert_eq!(logs.count("shutdown already under way"), 1);
 
     // Escalate (the default): the second signal force-closes at once, long before the
     // 60 s stop deadline, and the shutdown ends by the kill deadline.
@@ -114,6 +151,12 @@ async fn a_second_signal_escalates_or_is_ignored_as_configured() {
         }
     );
     assert!(report.total() < Duration::from_secs(5), "{report}");
+    assert!(
+        report.escalated().is_some(),
+        "reported as an escalation: {report}"
+    );
+    assert_eq!(logs.count("second signal: escalating"), 1);
+    assert_eq!(logs.count("escalated: force-closing"), 1);
     assert!(
         reader.await.unwrap().is_err(),
         "the held body is cut, not completed"

@@ -317,7 +317,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
         http1.apply(&mut builder);
         http2.apply(&mut builder);
         let builder = Arc::new(builder);
-        crate::stats::metrics_impl::serve();
+        shutdown.counters().server_started();
 
         let drain_started = shutdown.lifecycle().reaching(Step::DrainStarted);
         tokio::pin!(drain_started);
