@@ -5,11 +5,12 @@
 //! ```
 //!
 //! Prints the bound address on its first line of standard output, then serves
-//! `GET /` -> `Hello, World!` over HTTP/1.1 and HTTP/2 (h2c, prior knowledge) until it is
-//! killed. The same axum `Router` is served by one of:
+//! `GET /` -> `Hello, World!` over HTTP/1.1 and HTTP/2 (h2c, prior knowledge) until
+//! SIGTERM or SIGINT, which shut it down cleanly. The same axum `Router` is served by one of:
 //!
-//! - `httpdown`: `httpdown::serve` with `Shutdown::layer` added to the router;
-//! - `axum`: `axum::serve` with `TCP_NODELAY` set on every accepted socket;
+//! - `httpdown`: `httpdown::serve` (which counts every request itself);
+//! - `axum`: `axum::serve` with `TCP_NODELAY` set on every accepted socket and
+//!   `with_graceful_shutdown`, as users run it;
 //! - `axum-layer`: the same `axum::serve`, with `Shutdown::layer` added to the router
 //!   (the cost of the layer alone).
 
@@ -24,11 +25,11 @@ use clap::{Parser, ValueEnum};
 /// Which server serves the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Server {
-    /// `httpdown::serve`, with the layer.
+    /// `httpdown::serve`.
     Httpdown,
-    /// `axum::serve` with `TCP_NODELAY`.
+    /// `axum::serve` with `TCP_NODELAY` and `with_graceful_shutdown`.
     Axum,
-    /// `axum::serve` with `TCP_NODELAY` and the layer.
+    /// `axum::serve` with `TCP_NODELAY`, `with_graceful_shutdown` and the layer.
     AxumLayer,
 }
 
@@ -61,13 +62,16 @@ async fn run(args: Args) -> std::io::Result<()> {
     out.flush()?;
     drop(out);
 
+    // SIGTERM/SIGINT end every server cleanly (so a profiler writes its results).
     let shutdown = httpdown::Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .map_err(std::io::Error::other)?;
     match args.server {
         Server::Httpdown => {
-            let app = app().layer(shutdown.layer());
             let timeout =
                 (!args.no_header_read_timeout).then_some(httpdown::DEFAULT_HEADER_READ_TIMEOUT);
-            httpdown::serve(listener, app, &shutdown)
+            httpdown::serve(listener, app(), &shutdown)
                 .header_read_timeout(timeout)
                 .await
                 .map_err(std::io::Error::other)?;
@@ -76,13 +80,17 @@ async fn run(args: Args) -> std::io::Result<()> {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app()).await?;
+            axum::serve(listener, app())
+                .with_graceful_shutdown(shutdown.drain_started())
+                .await?;
         }
         Server::AxumLayer => {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app().layer(shutdown.layer())).await?;
+            axum::serve(listener, app().layer(shutdown.layer()))
+                .with_graceful_shutdown(shutdown.drain_started())
+                .await?;
         }
     }
     Ok(())

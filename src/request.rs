@@ -22,8 +22,51 @@ use tokio_util::sync::CancellationToken;
 use crate::lifecycle::StepWait;
 use crate::BoxError;
 
+/// How a counted request waits for the stop deadline while it is pending.
+pub(crate) trait ForceWait {
+    fn new() -> Self;
+
+    /// `Ready` once the stop deadline has passed (`closing`, read by the caller); once
+    /// pending, makes sure the request is polled again when it passes.
+    fn poll_force_closing(
+        self: Pin<&mut Self>,
+        token: &CancellationToken,
+        closing: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<()>;
+}
+
+/// A request whose owner polls it again at the stop deadline (`serve`'s connection and
+/// stream tasks do): it registers nothing, and adds nothing to its future or body.
+#[derive(Debug)]
+pub(crate) struct OwnerPolls;
+
+impl ForceWait for OwnerPolls {
+    #[inline]
+    fn new() -> Self {
+        OwnerPolls
+    }
+
+    #[inline]
+    fn poll_force_closing(
+        self: Pin<&mut Self>,
+        _token: &CancellationToken,
+        closing: bool,
+        _cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if closing {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// The guard of one counted request: it counts while it lives.
 pub(crate) trait Counted {
+    /// How the request waits for the stop deadline.
+    type Wait: ForceWait;
+
     /// Whether the stop deadline has passed (an atomic load).
     fn is_force_closing(&self) -> bool;
 
@@ -52,7 +95,7 @@ pub(crate) trait Counted {
 pin_project! {
     /// The response future of a counted request.
     #[project = FutureProj]
-    pub(crate) enum CountedFuture<F, G> {
+    pub(crate) enum CountedFuture<F, G: Counted> {
         Counted {
             #[pin]
             future: F,
@@ -60,7 +103,7 @@ pin_project! {
             // Registered only once the inner future is pending, so a response ready at
             // once never touches the stop deadline's wait list.
             #[pin]
-            force: StepWait,
+            force: G::Wait,
         },
         // Counted elsewhere already (an outer layer of the same controller, or `serve`).
         PassThrough {
@@ -74,13 +117,13 @@ pin_project! {
     }
 }
 
-impl<F, G> CountedFuture<F, G> {
+impl<F, G: Counted> CountedFuture<F, G> {
     #[inline]
     pub(crate) fn counted(future: F, guard: G) -> Self {
         CountedFuture::Counted {
             future,
             guard: Some(guard),
-            force: StepWait::new(),
+            force: G::Wait::new(),
         }
     }
 
@@ -95,12 +138,16 @@ impl<F, G> CountedFuture<F, G> {
     }
 }
 
-/// Whether `request` is a gRPC call (`content-type: application/grpc...`).
+/// Whether `request` is a gRPC call: a `POST` over HTTP/2 with
+/// `content-type: application/grpc...` (the cheap checks first: most requests stop there).
+#[inline]
 pub(crate) fn is_grpc<B>(request: &http::Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    request.version() == http::Version::HTTP_2
+        && request.method() == http::Method::POST
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// `grpc-status: 14` (UNAVAILABLE) and why, as a gRPC status in headers or trailers.
@@ -177,7 +224,7 @@ where
                 }
                 let closing = counted.is_force_closing();
                 if force
-                    .poll_cancelled(counted.force_token(), closing, cx)
+                    .poll_force_closing(counted.force_token(), closing, cx)
                     .is_pending()
                 {
                     return Poll::Pending;
@@ -191,13 +238,13 @@ where
 pin_project! {
     /// The response body of a counted request.
     #[project = BodyProj]
-    pub(crate) enum CountedBody<B, G> {
+    pub(crate) enum CountedBody<B, G: Counted> {
         Counted {
             #[pin]
             body: B,
             guard: Option<G>,
             #[pin]
-            force: StepWait,
+            force: G::Wait,
         },
         PassThrough {
             #[pin]
@@ -213,13 +260,13 @@ pin_project! {
     }
 }
 
-impl<B, G> CountedBody<B, G> {
+impl<B, G: Counted> CountedBody<B, G> {
     #[inline]
     fn counted(body: B, guard: Option<G>) -> Self {
         CountedBody::Counted {
             body,
             guard,
-            force: StepWait::new(),
+            force: G::Wait::new(),
         }
     }
 
@@ -312,7 +359,7 @@ where
                             return Poll::Ready(None);
                         }
                         Poll::Pending => {
-                            match force.poll_cancelled(counted.force_token(), closing, cx) {
+                            match force.poll_force_closing(counted.force_token(), closing, cx) {
                                 Poll::Ready(()) => true,
                                 Poll::Pending => return Poll::Pending,
                             }
@@ -382,6 +429,8 @@ mod tests {
     }
 
     impl Counted for Probe {
+        type Wait = LazyWait;
+
         fn is_force_closing(&self) -> bool {
             self.force_closing.load(Ordering::SeqCst)
         }
@@ -488,5 +537,37 @@ mod tests {
         let body = passed.await.unwrap().into_body();
         assert_eq!(body.state(), "pass-through");
         assert_eq!(body.collect().await.unwrap().to_bytes(), "through");
+    }
+}
+
+/// The layer's wait: a [`StepWait`] made (and boxed) only once a request has to wait. A
+/// request ready at once (most of them) carries 8 bytes for it and allocates nothing;
+/// inline, the wait's 88 bytes in both the future and the body cost more in moves
+/// (measured: about 240 instructions per request) than the one allocation of a request
+/// that streams.
+#[derive(Debug)]
+pub(crate) struct LazyWait(Option<Pin<Box<StepWait>>>);
+
+impl ForceWait for LazyWait {
+    #[inline]
+    fn new() -> Self {
+        LazyWait(None)
+    }
+
+    #[inline]
+    fn poll_force_closing(
+        self: Pin<&mut Self>,
+        token: &CancellationToken,
+        closing: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if closing {
+            return Poll::Ready(());
+        }
+        self.get_mut()
+            .0
+            .get_or_insert_with(|| Box::pin(StepWait::new()))
+            .as_mut()
+            .poll_cancelled(token, closing, cx)
     }
 }

@@ -158,6 +158,7 @@ async fn a_call_refused_after_the_stop_deadline_gets_unavailable() {
     let (_reporter, health) = tonic_health::server::health_reporter();
     let service = shutdown.layer().layer(health);
     let request = http::Request::post("/grpc.health.v1.Health/Check")
+        .version(http::Version::HTTP_2)
         .header("content-type", "application/grpc")
         .body(tonic::body::Body::empty())
         .unwrap();

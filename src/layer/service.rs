@@ -185,6 +185,9 @@ impl LayerGuard {
 }
 
 impl Counted for LayerGuard {
+    // Under any server: nothing else wakes a pending request at the stop deadline.
+    type Wait = crate::request::LazyWait;
+
     #[inline]
     fn is_force_closing(&self) -> bool {
         self.shutdown().lifecycle().reached(Step::ForceClosing)

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -41,23 +41,26 @@ pub(crate) struct Connection {
     /// Requests and the connection's state for the statistics, which change together.
     /// Only this connection's task and requests take the lock (uncontended for HTTP/1).
     activity: Mutex<Activity>,
-    /// A response switched protocols: the socket now belongs to an upgrade task.
-    /// `Relaxed`: written before hyper hands the socket to the upgrade, which
-    /// synchronizes through its channel; read by the IO, only as a hint before that.
-    upgraded: AtomicBool,
-    /// The client sent the HTTP/2 preface. Written and read by this connection's task
-    /// (through its IO), so `Relaxed` suffices.
-    http2: AtomicBool,
-    /// It carried a gRPC call: at the stop deadline it gets a moment to send the calls'
-    /// `grpc-status` trailers before it is dropped. `Relaxed`: a hint read by the same
-    /// connection's task.
-    grpc: AtomicBool,
-    /// The connection's future has ended: an IO still alive now belongs to an upgrade.
-    /// `Relaxed`, as `upgraded`: the handover to the upgrade synchronizes.
-    detached: AtomicBool,
+    /// What is known of the connection, as bits (`UPGRADED`, `DETACHED`, `HTTP2`, `GRPC`),
+    /// set once each and read on every IO call (one load). `Relaxed`: `HTTP2` and `GRPC`
+    /// are written and read by the connection's own task; `UPGRADED` and `DETACHED` are
+    /// written before the socket is handed to an upgrade task, which synchronizes through
+    /// hyper's upgrade channel, and read as hints before that.
+    flags: AtomicU8,
     /// The drain-start probe for unread input, between the task and the IO.
     probe: Probe,
 }
+
+/// A response switched protocols (`101`, or `2xx` to an extended CONNECT): the socket,
+/// or the stream, belongs to an upgrade.
+const UPGRADED: u8 = 1;
+/// The connection's future has ended: an IO still alive belongs to an upgrade.
+const DETACHED: u8 = 2;
+/// The client opened with the HTTP/2 preface.
+const HTTP2: u8 = 4;
+/// It carried a gRPC call: at the stop deadline it gets a moment to send the calls'
+/// `grpc-status` trailers before it is dropped.
+const GRPC: u8 = 8;
 
 #[derive(Debug)]
 struct Activity {
@@ -85,10 +88,7 @@ impl Connection {
                 kind: ConnKind::New,
                 closed: false,
             }),
-            upgraded: AtomicBool::new(false),
-            http2: AtomicBool::new(false),
-            detached: AtomicBool::new(false),
-            grpc: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             probe: Probe::default(),
         })
     }
@@ -150,6 +150,16 @@ impl Connection {
         self.activity().active > 0
     }
 
+    /// When an idle connection's header-read timeout falls (`timeout` after it went
+    /// idle); `None` while a request runs (or too far to count).
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let activity = self.activity();
+        if activity.active > 0 {
+            return None;
+        }
+        activity.idle_since.checked_add(timeout)
+    }
+
     fn requests_started(&self) -> u64 {
         self.activity().started
     }
@@ -159,43 +169,53 @@ impl Connection {
     }
 
     /// A response switched protocols: the socket is handed to an upgrade task.
+    fn set(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn has(&self, flags: u8) -> bool {
+        self.flags.load(Ordering::Relaxed) & flags != 0
+    }
+
     pub(crate) fn mark_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Relaxed);
+        self.set(UPGRADED);
         let mut activity = self.activity();
         self.set_kind(&mut activity, ConnKind::Upgraded);
     }
 
     pub(crate) fn is_upgraded(&self) -> bool {
-        self.upgraded.load(Ordering::Relaxed)
+        self.has(UPGRADED)
     }
 
     /// A gRPC call arrived on this connection.
     pub(crate) fn mark_grpc(&self) {
-        self.grpc.store(true, Ordering::Relaxed);
+        self.set(GRPC);
     }
 
     pub(crate) fn is_grpc(&self) -> bool {
-        self.grpc.load(Ordering::Relaxed)
+        self.has(GRPC)
     }
 
     /// The connection's future has ended; its IO, if still alive, belongs to an upgrade.
     pub(crate) fn detach(&self) {
-        self.detached.store(true, Ordering::Relaxed);
+        self.set(DETACHED);
     }
 
     /// Whether the socket now belongs to an upgrade (a `101`, an extended CONNECT, or an
     /// IO that outlived its connection's future).
+    #[inline]
     pub(crate) fn is_handed_over(&self) -> bool {
-        self.is_upgraded() || self.detached.load(Ordering::Relaxed)
+        self.has(UPGRADED | DETACHED)
     }
 
     /// The client opened with the HTTP/2 preface.
     pub(crate) fn mark_http2(&self) {
-        self.http2.store(true, Ordering::Relaxed);
+        self.set(HTTP2);
     }
 
     fn is_http2(&self) -> bool {
-        self.http2.load(Ordering::Relaxed)
+        self.has(HTTP2)
     }
 
     pub(crate) fn probe(&self) -> &Probe {
@@ -278,10 +298,33 @@ enum Event<E> {
     Ended(Result<(), E>),
     /// The stop deadline passed: drop the connection.
     ForceClosing,
+    /// No request began within the header-read timeout of the connection going idle.
+    TimedOut,
     DrainStarted,
     RequestStarted,
     Idle,
     Deadline,
+}
+
+/// How a watched connection ended.
+pub(crate) enum End<E> {
+    /// Its future ended (closed by either side, or an error).
+    Finished(Result<(), E>),
+    /// Dropped at the stop deadline.
+    ForceClosed,
+    /// Dropped: no request began within the header-read timeout.
+    TimedOut,
+}
+
+impl<E> End<E> {
+    fn of(event: Event<E>) -> Option<End<E>> {
+        match event {
+            Event::Ended(result) => Some(End::Finished(result)),
+            Event::ForceClosing => Some(End::ForceClosed),
+            Event::TimedOut => Some(End::TimedOut),
+            _ => None,
+        }
+    }
 }
 
 /// What a wait on the connection waits for, besides its end and the stop deadline.
@@ -301,6 +344,7 @@ pub(crate) async fn run<I, S, B>(
     service: ConnService<S>,
     connection: Arc<Connection>,
     idle_close: IdleClose,
+    header_read_timeout: Option<Duration>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -312,8 +356,10 @@ pub(crate) async fn run<I, S, B>(
 {
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    if let Some(result) = watch(conn, &connection, idle_close).await {
-        log_end(result);
+    match watch(conn, &connection, idle_close, header_read_timeout).await {
+        End::Finished(result) => log_end(result),
+        End::TimedOut => tracing::debug!("connection closed: no request head in time"),
+        End::ForceClosed => {}
     }
 }
 
@@ -321,7 +367,12 @@ pub(crate) async fn run<I, S, B>(
 /// connection closes after its response (with `Connection: close`), HTTP/2 gets GOAWAY,
 /// and an idle HTTP/1 connection (or one that has sent nothing) closes now, unless a
 /// request is already on it or `idle_close` keeps it a little longer. At the stop
-/// deadline `conn` is dropped, which closes its socket: `None`.
+/// deadline `conn` is dropped, which closes its socket.
+///
+/// An HTTP/1 connection on which no request begins within `header_read_timeout` of its
+/// going idle (its accept, or its last response) is dropped too: a client slow to send a
+/// head (slowloris), or an idle keep-alive connection. One timer per connection, moved
+/// only when it fires, so requests cost no timer work.
 ///
 /// What it knows of the connection comes from `connection`, which serve's IO (the
 /// protocol, the probe) and service (requests, upgrades) keep; a connection watched
@@ -330,34 +381,48 @@ pub(crate) async fn watch<C>(
     conn: C,
     connection: &Connection,
     idle_close: IdleClose,
-) -> Option<Result<(), C::Error>>
+    header_read_timeout: Option<Duration>,
+) -> End<C::Error>
 where
     C: GracefulConnection,
 {
     tokio::pin!(conn);
     let (drain, force) = (StepWait::new(), StepWait::new());
     tokio::pin!(drain, force);
+    let first_deadline = header_read_timeout.and_then(|t| Instant::now().checked_add(t));
+    let header_timer = tokio::time::sleep_until(first_deadline.unwrap_or_else(far_future));
+    tokio::pin!(header_timer);
     let mut watch = Watch {
         connection,
         drain,
         force,
+        header_read_timeout: header_read_timeout.filter(|_| first_deadline.is_some()),
+        header_timer,
+        header_waker: None,
     };
     let mut end = drive(conn.as_mut(), &mut watch, idle_close).await;
-    if end.is_none() && connection.is_grpc() {
+    if matches!(end, End::ForceClosed) && connection.is_grpc() {
         // Force-closed: the gRPC calls on it have just ended with their `grpc-status`
         // trailers; give the connection a moment to send them.
-        end = tokio::time::timeout(GRPC_FLUSH, conn.as_mut()).await.ok();
+        if let Ok(result) = tokio::time::timeout(GRPC_FLUSH, conn.as_mut()).await {
+            end = End::Finished(result);
+        }
     }
     // From here an IO still alive belongs to an upgrade.
     connection.detach();
     end
 }
 
+/// An instant no timer reaches (tokio's own far future is not public).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     watch: &mut Watch<'_>,
     idle_close: IdleClose,
-) -> Option<Result<(), C::Error>>
+) -> End<C::Error>
 where
     C: GracefulConnection,
 {
@@ -366,10 +431,9 @@ where
         drain_start: true,
         ..Until::default()
     };
-    match watch.until(conn.as_mut(), until_drain).await {
-        Event::Ended(result) => return Some(result),
-        Event::DrainStarted => {}
-        _ => return None,
+    let event = watch.until(conn.as_mut(), until_drain).await;
+    if let Some(end) = End::of(event) {
+        return end;
     }
 
     let drain_at = Instant::now();
@@ -383,35 +447,31 @@ where
             idle: true,
             ..Until::default()
         };
-        match watch.until(conn.as_mut(), until_idle).await {
-            Event::Ended(result) => return Some(result),
-            Event::Idle => {}
-            _ => return None,
+        let event = watch.until(conn.as_mut(), until_idle).await;
+        if let Some(end) = End::of(event) {
+            return end;
         }
     }
     if http1 && !connection.is_busy() {
         match idle_hold(conn.as_mut(), connection, idle_close, drain_at).await {
-            Hold::Finished(result) => return Some(result),
+            Hold::Finished(result) => return End::Finished(result),
             Hold::Until(deadline) => {
                 let until_request = Until {
                     request_after: Some(connection.requests_started()),
                     deadline,
                     ..Until::default()
                 };
-                match watch.until(conn.as_mut(), until_request).await {
-                    Event::Ended(result) => return Some(result),
-                    Event::RequestStarted | Event::Deadline => {}
-                    _ => return None,
+                let event = watch.until(conn.as_mut(), until_request).await;
+                if let Some(end) = End::of(event) {
+                    return end;
                 }
             }
             Hold::No => {}
         }
     }
     conn.as_mut().graceful_shutdown();
-    match watch.until(conn.as_mut(), Until::default()).await {
-        Event::Ended(result) => Some(result),
-        _ => None,
-    }
+    let event = watch.until(conn.as_mut(), Until::default()).await;
+    End::of(event).unwrap_or(End::ForceClosed)
 }
 
 fn log_end(result: Result<(), BoxError>) {
@@ -420,11 +480,55 @@ fn log_end(result: Result<(), BoxError>) {
     }
 }
 
-/// The connection task's waits for drain start and the stop deadline.
+/// The connection task's waits for drain start, the stop deadline and the header-read
+/// timeout.
 struct Watch<'a> {
     connection: &'a Connection,
     drain: Pin<&'a mut StepWait>,
     force: Pin<&'a mut StepWait>,
+    header_read_timeout: Option<Duration>,
+    /// Set to the earliest the header-read timeout can fire; moved later (to the idle
+    /// connection's real deadline) only when it fires.
+    header_timer: Pin<&'a mut tokio::time::Sleep>,
+    /// The waker `header_timer` is registered with: polled again only for another.
+    header_waker: Option<std::task::Waker>,
+}
+
+impl Watch<'_> {
+    /// Whether the header-read timeout has passed; otherwise makes sure the task wakes
+    /// when it may.
+    fn poll_timed_out(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(timeout) = self.header_read_timeout else {
+            return false;
+        };
+        // Registered with this waker and not due: nothing to look at (most polls).
+        let registered = self
+            .header_waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !self.header_timer.is_elapsed() {
+            return false;
+        }
+        let connection = self.connection;
+        if connection.is_http2() || connection.is_handed_over() {
+            return false;
+        }
+        // While a request runs there is nothing to time out; its end wakes this task.
+        let Some(deadline) = connection.idle_deadline(timeout) else {
+            return false;
+        };
+        loop {
+            if self.header_timer.as_mut().poll(cx).is_pending() {
+                self.header_waker = Some(cx.waker().clone());
+                return false;
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+            // Fired for an earlier idle spell: wait for this one's deadline.
+            self.header_timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 impl Watch<'_> {
@@ -463,6 +567,9 @@ impl Watch<'_> {
                 if sleep.poll(cx).is_ready() {
                     return Poll::Ready(Event::Deadline);
                 }
+            }
+            if self.poll_timed_out(cx) {
+                return Poll::Ready(Event::TimedOut);
             }
             // The stop deadline only comes after drain start: before it, only drain start
             // is waited for.

@@ -113,11 +113,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> WatchedIo<I> {
     }
 
     /// For an upgraded connection: fails once the stop deadline has passed, and otherwise
-    /// makes sure the task is woken when it does.
+    /// makes sure the task is woken when it does. One atomic load for the others.
+    #[inline]
     fn poll_force_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if !self.connection.is_handed_over() {
             return Ok(());
         }
+        self.poll_force_closed_upgraded(cx)
+    }
+
+    #[cold]
+    fn poll_force_closed_upgraded(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let lifecycle = self.connection.lifecycle();
         let closing = lifecycle.reached(Step::ForceClosing);
         let wait = self.force.get_or_insert_with(|| Box::pin(StepWait::new()));
@@ -135,6 +141,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> WatchedIo<I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WatchedIo<I> {
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -156,6 +163,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WatchedIo
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WatchedIo<I> {
+    #[inline]
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,6 +173,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WatchedI
         Pin::new(self.io()?).poll_write(cx, buf)
     }
 
+    #[inline]
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,10 +183,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for WatchedI
         Pin::new(self.io()?).poll_write_vectored(cx, bufs)
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.io.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_force_closed(cx)?;
         Pin::new(self.io()?).poll_flush(cx)

@@ -309,10 +309,9 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             return Err(Error::Config(error));
         }
         let mut builder = auto::Builder::new(TrackedExecutor::new(shutdown.clone()));
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+        // The header-read timeout is the connection task's (one timer per connection, not
+        // one per request as in hyper): hyper's own is off.
+        builder.http1().header_read_timeout(None);
         builder.http2().timer(TokioTimer::new());
         http1.apply(&mut builder);
         http2.apply(&mut builder);
@@ -349,6 +348,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
                         service,
                         Arc::clone(&connection),
                         idle_close,
+                        header_read_timeout,
                     );
                     // The connection's requests see its drain while they run.
                     let served = Scoped::new(served, shutdown.drain());

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::connection::Connection;
 use crate::lifecycle::Step;
-use crate::request::{is_grpc, Counted, CountedBody, CountedFuture};
+use crate::request::{is_grpc, Counted, CountedBody, CountedFuture, OwnerPolls};
 use crate::stats::metrics_impl;
 
 /// The app, for one connection.
@@ -87,6 +87,11 @@ impl ConnGuard {
 }
 
 impl Counted for ConnGuard {
+    // `serve`'s connection task (HTTP/1) and stream tasks (HTTP/2) wake at the stop
+    // deadline and poll their requests once more (or drop them): nothing to register per
+    // request, and nothing added to its future and body.
+    type Wait = OwnerPolls;
+
     #[inline]
     fn is_force_closing(&self) -> bool {
         self.connection.lifecycle().reached(Step::ForceClosing)

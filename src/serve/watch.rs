@@ -125,13 +125,17 @@ impl ConnectionWatcher {
         let token = this.token.take();
         let connection = Arc::clone(&this.connection);
         async move {
-            let end = connection::watch(conn, &connection, IdleClose::Immediately).await;
+            let end = connection::watch(conn, &connection, IdleClose::Immediately, None).await;
+            let force_closed = matches!(end, connection::End::ForceClosed);
             if token.is_some() {
                 // No IO wrapper: the connection ends with its future.
-                connection.closed(end.is_none());
+                connection.closed(force_closed);
             }
             drop(token);
-            end.unwrap_or(Ok(()))
+            match end {
+                connection::End::Finished(result) => result,
+                _ => Ok(()),
+            }
         }
     }
 }
