@@ -54,7 +54,13 @@ impl<'a> Driver<'a> {
         self.timeline = Timeline::new(triggered);
 
         let mut escalated = false;
-        let delay = self.config.drain_delay;
+        // A handover leaves the address served by the next generation: nothing for a load
+        // balancer to notice, so no delay.
+        let delay = if self.lifecycle.is_handover() {
+            Duration::ZERO
+        } else {
+            self.config.drain_delay
+        };
         if !delay.is_zero() {
             tracing::info!(?delay, "drain delay: still serving, readiness failing");
             let end = triggered.checked_add(delay);

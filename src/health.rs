@@ -12,11 +12,12 @@ use crate::Shutdown;
 
 /// A readiness check: `200 ready` while running, `503 draining` from the trigger on
 /// (the drain delay included), so a load balancer or Kubernetes stops sending traffic
-/// before the listener closes.
+/// before the listener closes. A handover ([`Shutdown::trigger_handover`]) stays
+/// `200 ready`: the address goes on being served by the next generation.
 ///
 /// Made by [`Shutdown::readiness`]; a [`Service`] for any request body, answering at
 /// once (it never holds the drain open). For a custom check, use
-/// `!`[`Shutdown::is_triggered`].
+/// `!shutdown.is_triggered() || shutdown.is_handover()`.
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -78,7 +79,7 @@ macro_rules! check_service {
 
 check_service!(
     Readiness,
-    |check: &Readiness| if !check.shutdown.is_triggered() {
+    |check: &Readiness| if !check.shutdown.is_triggered() || check.shutdown.is_handover() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")

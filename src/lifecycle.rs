@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
@@ -69,6 +69,9 @@ pub(crate) struct Lifecycle {
     servers: TaskTracker,
     /// Background work registered with the shutdown (`Shutdown::spawn`).
     background: TaskTracker,
+    /// The listening sockets are handed to the next generation of the process, which
+    /// goes on serving them: set before the trigger, never cleared.
+    handover: AtomicBool,
 }
 
 impl Default for Lifecycle {
@@ -85,6 +88,7 @@ impl Default for Lifecycle {
             tasks: TaskTracker::new(),
             servers: TaskTracker::new(),
             background: TaskTracker::new(),
+            handover: AtomicBool::new(false),
         }
     }
 }
@@ -128,6 +132,24 @@ impl Lifecycle {
     /// Resolves once `step` is reached.
     pub(crate) fn reaching(&self, step: Step) -> WaitForCancellationFutureOwned {
         self.token(step).clone().cancelled_owned()
+    }
+
+    /// Marks the shutdown as a handover (before triggering it); `false` if it had already
+    /// been triggered, which a handover can no longer change.
+    pub(crate) fn hand_over(&self) -> bool {
+        if self.reached(Step::Triggered) {
+            return self.is_handover();
+        }
+        // Release pairs with the acquire in `is_handover`; the trigger that follows
+        // publishes it with the step as well.
+        self.handover.store(true, Ordering::Release);
+        true
+    }
+
+    /// Whether the listeners are handed over to the next generation of the process.
+    #[inline]
+    pub(crate) fn is_handover(&self) -> bool {
+        self.handover.load(Ordering::Acquire)
     }
 
     /// Asks the driver to force-close now.
@@ -192,14 +214,31 @@ impl Lifecycle {
         self.requests.close();
     }
 
-    /// Resolves once every connection, task, server and request has finished (after
+    /// Resolves once every server, connection, task and request has finished (after
     /// [`close_trackers`](Self::close_trackers)).
+    ///
+    /// Servers first: a server still accepts at drain start (the connections already in
+    /// its listener's queue), so the connections can count down to zero and then up
+    /// again until it has closed its listener. The same holds, more rarely, for work a
+    /// connection starts as it ends: all are checked again until all are empty at once.
     pub(crate) async fn finished(&self) {
-        self.connections.wait().await;
-        self.tasks.wait().await;
-        self.servers.wait().await;
-        self.background.wait().await;
-        self.requests.wait().await;
+        loop {
+            self.servers.wait().await;
+            self.connections.wait().await;
+            self.tasks.wait().await;
+            self.background.wait().await;
+            self.requests.wait().await;
+            let trackers = [
+                &self.servers,
+                &self.connections,
+                &self.tasks,
+                &self.background,
+                &self.requests,
+            ];
+            if trackers.iter().all(|tracker| tracker.is_empty()) {
+                return;
+            }
+        }
     }
 
     /// Requests in flight.

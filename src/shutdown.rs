@@ -290,6 +290,34 @@ impl Shutdown {
         self.trigger_by(None);
     }
 
+    /// Triggers the shutdown as a handover: the listening sockets go on being served by
+    /// the next generation of the process (see the `restart` feature's `Upgrader`, or
+    /// your own), so this one only has to finish what it holds.
+    ///
+    /// Compared with [`trigger`](Self::trigger): no drain delay (nothing changes for a
+    /// load balancer), [`readiness`](Self::readiness) stays `200`, [`serve`](crate::serve())
+    /// closes its listeners at once without the final-stop care of new handshakes (B55),
+    /// and idle HTTP/1 connections close the safe way
+    /// ([`IdleClose::AfterNextRequest`](crate::IdleClose::AfterNextRequest) unless a
+    /// server chose otherwise). The stop and kill deadlines are the same.
+    ///
+    /// Returns `false`, and does nothing more than `trigger`, if the shutdown had already
+    /// been triggered: a stop under way stays a stop.
+    pub fn trigger_handover(&self) -> bool {
+        let handover = self.lifecycle().hand_over();
+        if handover {
+            self.trigger_by(Some(&"a handover to the next generation"));
+        } else {
+            self.trigger();
+        }
+        handover
+    }
+
+    /// Whether the shutdown is a handover ([`trigger_handover`](Self::trigger_handover)).
+    pub fn is_handover(&self) -> bool {
+        self.lifecycle().is_handover()
+    }
+
     /// Triggers, saying what did (a signal's name) in the one line it logs.
     pub(crate) fn trigger_by(&self, cause: Option<&dyn fmt::Display>) {
         let config = &self.shared.config;

@@ -100,18 +100,26 @@ async fn one_shutdown_coordinates_several_listeners() {
         .build();
     let (public, public_server) = start(app(Arc::default()), &shutdown).await;
     let (admin, admin_server) = start(health_app(&shutdown), &shutdown).await;
-    let mut on_public = get_request(public, "/slow?ms=300").await;
-    let mut on_admin = get_request(admin, "/slow?ms=500").await;
+    let mut on_public = get_request(public, "/slow?ms=1500").await;
+    let mut on_admin = get_request(admin, "/slow?ms=2000").await;
     read_until(&mut on_public, "start\n").await;
     read_until(&mut on_admin, "start\n").await;
     assert_eq!(shutdown.connections(), 2);
 
     shutdown.trigger();
-    // Each listener closes as its accept loop sees drain start, while the responses
-    // (300 and 500 ms) still stream.
+    // Each listener stops taking connections as its accept loop sees drain start, while
+    // the responses (1.5 and 2 s) still stream: a connect is refused, or (its SYN dropped
+    // by the listener's filter, B55) not answered.
+    let taken = |addr| async move {
+        let connect = tokio::net::TcpStream::connect(addr);
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), connect).await,
+            Ok(Ok(_))
+        )
+    };
     for addr in [public, admin] {
         tokio::time::timeout(BOUND, async {
-            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            while taken(addr).await {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })

@@ -23,7 +23,7 @@ use tower_service::Service;
 use super::executor::TrackedExecutor;
 use super::io::WatchedIo;
 use super::service::ConnService;
-use super::IdleClose;
+use super::{IdleClose, HANDOVER_IDLE_WAIT};
 use crate::lifecycle::{Lifecycle, Step, StepWait};
 use crate::stats::ConnKind;
 use crate::{BoxError, Shutdown};
@@ -34,6 +34,36 @@ pub(crate) const GRPC_FLUSH: Duration = Duration::from_millis(3);
 
 /// How long a request whose first bytes had arrived at drain start has to be read.
 const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// How a connection of `serve` closes: the options of [`Serve`](super::Serve) it reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Closing {
+    /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
+    pub(crate) idle_close: Option<IdleClose>,
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// How long a connection that has sent nothing yet may take, from its accept, to
+    /// begin its first request once the drain has started (B20).
+    pub(crate) new_connection_grace: Duration,
+}
+
+impl Closing {
+    /// A connection that is closed at once when idle, with no header-read timeout.
+    pub(crate) const IMMEDIATELY: Closing = Closing {
+        idle_close: Some(IdleClose::Immediately),
+        header_read_timeout: None,
+        new_connection_grace: Duration::ZERO,
+    };
+
+    /// The `IdleClose` in force: the server's, or the default for a final stop
+    /// (`Immediately`) or a handover (the next request, or [`HANDOVER_IDLE_WAIT`]).
+    fn idle_close(&self, handover: bool) -> IdleClose {
+        match self.idle_close {
+            Some(chosen) => chosen,
+            None if handover => IdleClose::AfterNextRequest(HANDOVER_IDLE_WAIT),
+            None => IdleClose::Immediately,
+        }
+    }
+}
 
 /// What one connection's task, IO and requests share.
 pub(crate) struct Connection {
@@ -343,8 +373,7 @@ pub(crate) async fn run<I, S, B>(
     io: WatchedIo<I>,
     service: ConnService<S>,
     connection: Arc<Connection>,
-    idle_close: IdleClose,
-    header_read_timeout: Option<Duration>,
+    closing: Closing,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -356,7 +385,7 @@ pub(crate) async fn run<I, S, B>(
 {
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    match watch(conn, &connection, idle_close, header_read_timeout).await {
+    match watch(conn, &connection, closing).await {
         End::Finished(result) => log_end(result),
         End::TimedOut => tracing::debug!("connection closed: no request head in time"),
         End::ForceClosed => {}
@@ -366,8 +395,9 @@ pub(crate) async fn run<I, S, B>(
 /// Drives `conn` until it ends, through the drain: at drain start a busy HTTP/1
 /// connection closes after its response (with `Connection: close`), HTTP/2 gets GOAWAY,
 /// and an idle HTTP/1 connection (or one that has sent nothing) closes now, unless a
-/// request is already on it or `idle_close` keeps it a little longer. At the stop
-/// deadline `conn` is dropped, which closes its socket.
+/// request is already on it, `idle_close` keeps it a little longer, or it was accepted
+/// less than `new_connection_grace` ago and has not sent its first request yet. At the
+/// stop deadline `conn` is dropped, which closes its socket.
 ///
 /// An HTTP/1 connection on which no request begins within `header_read_timeout` of its
 /// going idle (its accept, or its last response) is dropped too: a client slow to send a
@@ -377,18 +407,14 @@ pub(crate) async fn run<I, S, B>(
 /// What it knows of the connection comes from `connection`, which serve's IO (the
 /// protocol, the probe) and service (requests, upgrades) keep; a connection watched
 /// without them is treated as an idle HTTP/1 one, which closes (or gets GOAWAY) at once.
-pub(crate) async fn watch<C>(
-    conn: C,
-    connection: &Connection,
-    idle_close: IdleClose,
-    header_read_timeout: Option<Duration>,
-) -> End<C::Error>
+pub(crate) async fn watch<C>(conn: C, connection: &Connection, closing: Closing) -> End<C::Error>
 where
     C: GracefulConnection,
 {
     tokio::pin!(conn);
     let (drain, force) = (StepWait::new(), StepWait::new());
     tokio::pin!(drain, force);
+    let header_read_timeout = closing.header_read_timeout;
     let first_deadline = header_read_timeout.and_then(|t| Instant::now().checked_add(t));
     let header_timer = tokio::time::sleep_until(first_deadline.unwrap_or_else(far_future));
     tokio::pin!(header_timer);
@@ -400,7 +426,7 @@ where
         header_timer,
         header_waker: None,
     };
-    let mut end = drive(conn.as_mut(), &mut watch, idle_close).await;
+    let mut end = drive(conn.as_mut(), &mut watch, closing).await;
     if matches!(end, End::ForceClosed) && connection.is_grpc() {
         // Force-closed: the gRPC calls on it have just ended with their `grpc-status`
         // trailers; give the connection a moment to send them.
@@ -418,11 +444,7 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
-async fn drive<C>(
-    mut conn: Pin<&mut C>,
-    watch: &mut Watch<'_>,
-    idle_close: IdleClose,
-) -> End<C::Error>
+async fn drive<C>(mut conn: Pin<&mut C>, watch: &mut Watch<'_>, closing: Closing) -> End<C::Error>
 where
     C: GracefulConnection,
 {
@@ -437,6 +459,7 @@ where
     }
 
     let drain_at = Instant::now();
+    let idle_close = closing.idle_close(connection.lifecycle().is_handover());
     let http1 = !connection.is_http2() && !connection.is_upgraded();
     if http1 && connection.is_busy() && idle_close != IdleClose::Immediately {
         // A response begun before drain start carries no `Connection: close`, and its
@@ -453,7 +476,7 @@ where
         }
     }
     if http1 && !connection.is_busy() {
-        match idle_hold(conn.as_mut(), connection, idle_close, drain_at).await {
+        match idle_hold(conn.as_mut(), connection, idle_close, closing, drain_at).await {
             Hold::Finished(result) => return End::Finished(result),
             Hold::Until(deadline) => {
                 let until_request = Until {
@@ -612,12 +635,14 @@ enum Hold<E> {
 }
 
 /// How long to keep an idle HTTP/1 connection open at drain start: until the request
-/// whose bytes have already arrived starts (bounded by [`PENDING_INPUT_GRACE`]), or as
-/// `idle_close` says.
+/// whose bytes have already arrived starts (bounded by [`PENDING_INPUT_GRACE`]), as
+/// `idle_close` says, or, for a connection that has sent nothing yet, until
+/// `new_connection_grace` after its accept, whichever is latest.
 async fn idle_hold<F, E>(
     mut conn: Pin<&mut F>,
     connection: &Connection,
     idle_close: IdleClose,
+    closing: Closing,
     drain_at: Instant,
 ) -> Hold<E>
 where
@@ -634,10 +659,30 @@ where
         // A request has arrived: give it time to be read and start.
         return Hold::Until(Instant::now().checked_add(PENDING_INPUT_GRACE));
     }
-    match idle_close {
+    let idle_since = connection.idle_since();
+    let held = match idle_close {
         IdleClose::Immediately => Hold::No,
-        IdleClose::MinIdleAge(age) => Hold::Until(connection.idle_since().checked_add(age)),
+        IdleClose::MinIdleAge(age) => Hold::Until(idle_since.checked_add(age)),
         IdleClose::AfterNextRequest(wait) => Hold::Until(drain_at.checked_add(wait)),
+    };
+    if connection.requests_started() > 0 {
+        return held;
+    }
+    // Never used: accepted at `idle_since`. A client whose connect has just succeeded is
+    // about to send its request; closing now would fail it after its connect, which it
+    // cannot tell from a crash. An older silent connection (a browser's spare
+    // preconnect) closes as the idle ones do.
+    // `Some(None)`: a grace too long for the clock, held until the stop deadline.
+    let fresh_until = match idle_since.checked_add(closing.new_connection_grace) {
+        Some(until) if until <= Instant::now() => None,
+        until => Some(until),
+    };
+    match (held, fresh_until) {
+        (held, None) => held,
+        (Hold::No, Some(until)) => Hold::Until(until),
+        (Hold::Until(Some(held)), Some(Some(until))) => Hold::Until(Some(held.max(until))),
+        (Hold::Until(_), Some(_)) => Hold::Until(None),
+        (held @ Hold::Finished(_), Some(_)) => held,
     }
 }
 

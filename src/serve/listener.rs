@@ -42,6 +42,21 @@ pub trait Listener: Send + 'static {
         let _ = io;
         false
     }
+
+    /// Stops new handshakes on this listener, where the platform can, without closing it;
+    /// returns whether it did.
+    ///
+    /// At drain start [`serve`](crate::serve()) asks this first, then accepts the
+    /// connections whose handshakes had already completed (waiting in the kernel's accept
+    /// queue) or were under way, then closes the listener. A client whose connect had
+    /// succeeded is then served, and one that comes later is refused (after its SYN
+    /// retransmit) rather than reset after its connect. Not asked when the listener is
+    /// handed to the next generation of the process, which goes on accepting from it.
+    /// The default does nothing and answers `false`: the listener closes right after the
+    /// connections already queued are accepted.
+    fn stop_handshakes(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Listener for TcpListener {
@@ -65,6 +80,53 @@ impl Listener for TcpListener {
     fn has_pending_input(io: &Self::Io) -> bool {
         PendingInput::has_pending_input(io)
     }
+
+    /// On Linux, attaches a socket filter that drops SYNs (and only them): handshakes
+    /// already answered complete and are accepted, new ones are not answered.
+    fn stop_handshakes(&mut self) -> io::Result<bool> {
+        stop_syns(&*self)
+    }
+}
+
+/// A classic BPF program for a TCP socket that drops segments with SYN set and ACK clear
+/// (new connection attempts) and keeps everything else, the last ACK of a handshake under
+/// way included. A TCP socket filter sees the segment from its TCP header on.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn stop_syns(socket: &impl std::os::fd::AsFd) -> io::Result<bool> {
+    use socket2::SockFilter;
+    const TCP_FLAGS: u32 = 13;
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let op = |code: u32| u16::try_from(code).unwrap_or_default();
+    let program = [
+        // A = the flags byte
+        SockFilter::new(
+            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS),
+            0,
+            0,
+            TCP_FLAGS,
+        ),
+        // A &= SYN | ACK
+        SockFilter::new(
+            op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K),
+            0,
+            0,
+            SYN | ACK,
+        ),
+        // A == SYN ? drop : keep
+        SockFilter::new(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K), 0, 1, SYN),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, 0),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, u32::MAX),
+    ];
+    socket2::SockRef::from(socket).attach_filter(&program)?;
+    Ok(true)
+}
+
+/// Elsewhere there is no such filter: the listener closes right after its queue is
+/// accepted.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn stop_syns<S>(_socket: &S) -> io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(unix)]

@@ -26,6 +26,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 pub use self::io::{PendingInput, WatchedIo};
@@ -34,7 +35,7 @@ pub use make::{IncomingConnection, MakeService};
 pub use settings::{Http1Settings, Http2Settings};
 pub use watch::ConnectionWatcher;
 
-use self::connection::Connection;
+use self::connection::{Closing, Connection};
 use self::executor::TrackedExecutor;
 use self::listener::AcceptError;
 use self::service::ConnService;
@@ -54,10 +55,15 @@ use crate::{Error, Report, Shutdown};
 /// connections open a little longer. Every option ends by the stop deadline (a duration
 /// too long for the clock, such as `Duration::MAX`, waits until then); a zero duration
 /// is the same as `Immediately`.
+///
+/// Unless a server sets one, a final stop uses `Immediately` and a handover to the next
+/// generation of the process ([`Shutdown::trigger_handover`]) uses
+/// `AfterNextRequest(`[`HANDOVER_IDLE_WAIT`]`)`: there the address stays served, so
+/// nothing is gained by closing early, and a keep-alive client loses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum IdleClose {
-    /// Close idle connections at drain start (the default).
+    /// Close idle connections at drain start (the default for a final stop).
     #[default]
     Immediately,
     /// Close an idle connection only once it has been idle for at least this long
@@ -82,6 +88,20 @@ impl IdleClose {
     }
 }
 
+/// How long, during a handover, an idle HTTP/1 connection is kept open for its next
+/// request (served with `Connection: close`) unless the server chose an [`IdleClose`].
+pub const HANDOVER_IDLE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a connection accepted just before drain start (or accepted from the queue at
+/// drain start) has, from its accept, to begin its first request, unless told otherwise.
+pub const DEFAULT_NEW_CONNECTION_GRACE: Duration = Duration::from_millis(250);
+
+/// After a listener stops new handshakes at drain start, it goes on accepting until no
+/// connection has come for this long (handshakes answered just before complete within a
+/// round trip), but no longer than [`SETTLE_MAX`].
+const SETTLE_QUIET: Duration = Duration::from_millis(10);
+const SETTLE_MAX: Duration = Duration::from_millis(250);
+
 /// The header-read timeout [`serve`] uses unless told otherwise.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -99,6 +119,15 @@ pub(crate) const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24
 /// after its response, which carries `Connection: close`; HTTP/2 gets GOAWAY. At the stop
 /// deadline the connection tasks are dropped, which closes their sockets. `serve` returns
 /// the moment the shutdown is done.
+///
+/// No client whose connect succeeded loses its request to the close: at drain start a
+/// TCP listener first stops answering new handshakes (on Linux, a socket filter that
+/// drops SYNs: a client that comes later has its connect refused after its SYN
+/// retransmit), then accepts the connections already completed, then closes; a
+/// connection accepted less than
+/// [`new_connection_grace`](Serve::new_connection_grace) before (or at) drain start has
+/// until then to begin its request, which is served with `Connection: close`. Older
+/// silent connections (a browser's spare preconnect) close at once.
 ///
 /// `serve` returns a builder: set options, then `.await` it. From the moment it is built,
 /// the shutdown waits for it: a trigger that lands before it is awaited still lets it
@@ -136,7 +165,8 @@ where
         app,
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
-        idle_close: IdleClose::Immediately,
+        idle_close: None,
+        new_connection_grace: DEFAULT_NEW_CONNECTION_GRACE,
         http1: Http1Settings::default(),
         http2: Http2Settings::default(),
         config_error: None,
@@ -190,7 +220,9 @@ pub struct Serve<L, M> {
     app: M,
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
-    idle_close: IdleClose,
+    /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
+    idle_close: Option<IdleClose>,
+    new_connection_grace: Duration,
     http1: Http1Settings,
     http2: Http2Settings,
     /// The first invalid option, returned when awaited.
@@ -201,9 +233,21 @@ pub struct Serve<L, M> {
 
 impl<L, M> Serve<L, M> {
     /// When idle HTTP/1 keep-alive connections close during the drain (default
-    /// [`IdleClose::Immediately`]). See [`IdleClose`].
+    /// [`IdleClose::Immediately`] for a final stop, [`IdleClose::AfterNextRequest`] for a
+    /// handover). See [`IdleClose`].
     pub fn idle_close(mut self, idle_close: IdleClose) -> Self {
-        self.idle_close = idle_close.normalized();
+        self.idle_close = Some(idle_close.normalized());
+        self
+    }
+
+    /// How long a connection that has not sent its first request yet may take, from its
+    /// accept, to begin it once the drain has started (default
+    /// [`DEFAULT_NEW_CONNECTION_GRACE`], 250 ms). It covers connections accepted just
+    /// before drain start and those accepted from the queue at drain start, whose clients
+    /// have seen their connect succeed and are sending a request. Zero closes every
+    /// silent connection at drain start.
+    pub fn new_connection_grace(mut self, grace: Duration) -> Self {
+        self.new_connection_grace = grace;
         self
     }
 
@@ -252,6 +296,7 @@ impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
             .field("shutdown", &self.shutdown)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_close", &self.idle_close)
+            .field("new_connection_grace", &self.new_connection_grace)
             .field("http1", &self.http1)
             .field("http2", &self.http2)
             .finish_non_exhaustive()
@@ -293,10 +338,11 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
     async fn run(self) -> Result<Report, Error> {
         let Serve {
             mut listener,
-            mut app,
+            app,
             shutdown,
             header_read_timeout,
             idle_close,
+            new_connection_grace,
             http1,
             http2,
             config_error,
@@ -317,6 +363,16 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
         http2.apply(&mut builder);
         let builder = Arc::new(builder);
         shutdown.counters().server_started();
+        let mut acceptor = Acceptor {
+            app,
+            shutdown: shutdown.clone(),
+            builder,
+            closing: Closing {
+                idle_close,
+                header_read_timeout,
+                new_connection_grace,
+            },
+        };
 
         let drain_started = shutdown.lifecycle().reaching(Step::DrainStarted);
         tokio::pin!(drain_started);
@@ -328,34 +384,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             };
             let error = match accepted {
                 Ok((io, peer)) => {
-                    tracing::trace!(?peer, "accepted");
-                    // As `axum::serve` does: one service per connection, made here.
-                    std::future::poll_fn(|cx| app.poll_ready(cx)).await;
-                    let made = app.make_service(IncomingConnection::new(&io, peer)).await;
-                    let service = made.unwrap_or_else(|never| match never {});
-                    let connection = Connection::new(shutdown.clone());
-                    let io = WatchedIo::new(
-                        io,
-                        Arc::clone(&connection),
-                        // Counted from here until the socket closes, through an upgrade.
-                        shutdown.lifecycle().count_connection(),
-                        L::has_pending_input,
-                    );
-                    let service = ConnService::new(service, Arc::clone(&connection));
-                    let served = connection::run(
-                        Arc::clone(&builder),
-                        io,
-                        service,
-                        Arc::clone(&connection),
-                        idle_close,
-                        header_read_timeout,
-                    );
-                    // The connection's requests see its drain while they run.
-                    let served = Scoped::new(served, shutdown.drain());
-                    tokio::spawn(async move {
-                        let counters = connection.shutdown().counters();
-                        catch_panics(Task::Connection, counters, served).await;
-                    });
+                    acceptor.connection(io, peer).await;
                     continue;
                 }
                 Err(error) => error,
@@ -374,6 +403,9 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
                 AcceptError::Fatal => break Some(error),
             }
         };
+        if failure.is_none() {
+            acceptor.accept_the_last(&mut listener).await;
+        }
         // Closing the listener: new connects are refused from here on.
         drop(listener);
         drop(registration);
@@ -384,5 +416,115 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             return Err(Error::Accept(error));
         }
         Ok(shutdown.wait().await)
+    }
+}
+
+/// What the accept loop needs to serve a connection.
+struct Acceptor<M> {
+    app: M,
+    shutdown: Shutdown,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    closing: Closing,
+}
+
+impl<M> Acceptor<M> {
+    /// Serves one accepted connection on a task of its own.
+    async fn connection<L>(&mut self, io: L::Io, peer: L::Addr)
+    where
+        L: Listener,
+        M: MakeService<L>,
+    {
+        tracing::trace!(?peer, "accepted");
+        let shutdown = &self.shutdown;
+        // As `axum::serve` does: one service per connection, made here.
+        std::future::poll_fn(|cx| self.app.poll_ready(cx)).await;
+        let made = self
+            .app
+            .make_service(IncomingConnection::new(&io, peer))
+            .await;
+        let service = made.unwrap_or_else(|never| match never {});
+        let connection = Connection::new(shutdown.clone());
+        let io = WatchedIo::new(
+            io,
+            Arc::clone(&connection),
+            // Counted from here until the socket closes, through an upgrade.
+            shutdown.lifecycle().count_connection(),
+            L::has_pending_input,
+        );
+        let service = ConnService::new(service, Arc::clone(&connection));
+        let served = connection::run(
+            Arc::clone(&self.builder),
+            io,
+            service,
+            Arc::clone(&connection),
+            self.closing,
+        );
+        // The connection's requests see its drain while they run.
+        let served = Scoped::new(served, shutdown.drain());
+        tokio::spawn(async move {
+            let counters = connection.shutdown().counters();
+            catch_panics(Task::Connection, counters, served).await;
+        });
+    }
+
+    /// At drain start, before the listener closes: stops new handshakes, then accepts
+    /// what the kernel has completed (B55), so that no client whose connect succeeded is
+    /// reset by the close. Skipped in a handover: the next generation goes on accepting
+    /// from the same socket, and a filter on it would be its filter too.
+    async fn accept_the_last<L>(&mut self, listener: &mut L)
+    where
+        L: Listener,
+        M: MakeService<L>,
+    {
+        let shutdown = self.shutdown.clone();
+        let lifecycle = shutdown.lifecycle();
+        if lifecycle.is_handover() {
+            return;
+        }
+        let stopped = listener.stop_handshakes().unwrap_or_else(|error| {
+            tracing::debug!(%error, "could not stop new handshakes on the listener");
+            false
+        });
+        // Handshakes answered just before the filter complete within a round trip; without
+        // one, only what is queued now is taken.
+        let quiet = if stopped {
+            SETTLE_QUIET
+        } else {
+            Duration::ZERO
+        };
+        let settle_end = Instant::now() + SETTLE_MAX;
+        let mut accepted = 0usize;
+        while !lifecycle.reached(Step::ForceClosing) {
+            let next = if quiet.is_zero() {
+                match futures_util::FutureExt::now_or_never(listener.accept()) {
+                    Some(next) => next,
+                    None => break,
+                }
+            } else {
+                let until = (Instant::now() + quiet).min(settle_end);
+                tokio::select! {
+                    biased;
+                    next = listener.accept() => next,
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            };
+            match next {
+                Ok((io, peer)) => {
+                    accepted += 1;
+                    self.connection::<L>(io, peer).await;
+                }
+                Err(error) if AcceptError::of(&error) == AcceptError::Connection => {}
+                Err(error) => {
+                    tracing::debug!(%error, "accept at drain start failed");
+                    break;
+                }
+            }
+        }
+        if accepted > 0 {
+            tracing::debug!(
+                accepted,
+                "accepted at drain start, from the listener's queue"
+            );
+        }
     }
 }

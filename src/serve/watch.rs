@@ -9,9 +9,8 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::connection::{self, Connection};
+use super::connection::{self, Closing, Connection};
 use super::io::{PendingInput, WatchedIo};
-use super::IdleClose;
 use crate::Shutdown;
 
 /// One connection of your own accept loop, watched by a [`Shutdown`]: counted from the
@@ -31,7 +30,8 @@ use crate::Shutdown;
 /// reads and writes at the stop deadline; HTTP/2 is recognised by its preface. Requests
 /// are counted by a [`GracefulLayer`](crate::GracefulLayer) in your service, as with any
 /// server. What only [`serve`](crate::serve()) does: close the listener at drain start,
-/// `IdleClose`, and count each connection's requests for the connection states.
+/// `IdleClose`, the grace of connections accepted just before drain start, and count each
+/// connection's requests for the connection states.
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router, shutdown: httpdown::Shutdown) -> std::io::Result<()> {
@@ -125,7 +125,7 @@ impl ConnectionWatcher {
         let token = this.token.take();
         let connection = Arc::clone(&this.connection);
         async move {
-            let end = connection::watch(conn, &connection, IdleClose::Immediately, None).await;
+            let end = connection::watch(conn, &connection, Closing::IMMEDIATELY).await;
             let force_closed = matches!(end, connection::End::ForceClosed);
             if token.is_some() {
                 // No IO wrapper: the connection ends with its future.
