@@ -182,7 +182,8 @@ impl Lifecycle {
     /// the shutdown waits for it. Ending it at the stop deadline is the caller's part.
     pub(crate) fn spawn_task<F>(&self, task: F)
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
         self.tasks.spawn(task);
     }

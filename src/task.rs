@@ -10,10 +10,15 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::CatchUnwind;
 use futures_util::FutureExt;
+use pin_project_lite::pin_project;
 
 use crate::stats::Counters;
+use crate::Shutdown;
 
 /// The kind of task that panicked, for the log line.
 #[derive(Debug, Clone, Copy)]
@@ -45,26 +50,77 @@ impl Task {
     }
 }
 
+/// Where a caught panic is counted: the counters themselves, or a handle that owns them
+/// (so that a spawned task can carry it).
+pub(crate) trait CountsPanics {
+    fn counters(&self) -> &Counters;
+}
+
+impl CountsPanics for &Counters {
+    fn counters(&self) -> &Counters {
+        self
+    }
+}
+
+impl CountsPanics for Shutdown {
+    fn counters(&self) -> &Counters {
+        Shutdown::counters(self)
+    }
+}
+
 /// Runs `future`, catching a panic in it: the panic is logged at `ERROR` and counted in
-/// `counters`, and the returned future ends as if `future` had.
+/// `counters`, and the returned future ends as if `future` had (`None` after a panic).
+///
+/// A named future rather than an `async fn`: wrapped around a connection's task it holds
+/// `future` once, where an `async` wrapper would hold it in its unresumed state and again
+/// in its awaiting one, doubling every connection task's allocation.
 ///
 /// `AssertUnwindSafe` is sound here: after a panic nothing of `future` is touched again
 /// (it is dropped), and the counters are atomics.
-pub(crate) async fn catch_panics<F>(task: Task, counters: &Counters, future: F) -> Option<F::Output>
+pub(crate) fn catch_panics<F, C>(task: Task, counters: C, future: F) -> CatchPanics<F, C>
 where
     F: Future,
+    C: CountsPanics,
 {
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(output) => Some(output),
-        Err(payload) => {
-            counters.panicked();
-            tracing::error!(
-                task = task.name(),
-                panic = message(&*payload),
-                "a {} task panicked",
-                task.name()
-            );
-            None
+    CatchPanics {
+        future: AssertUnwindSafe(future).catch_unwind(),
+        task,
+        counters,
+    }
+}
+
+pin_project! {
+    /// The future of [`catch_panics`].
+    pub(crate) struct CatchPanics<F, C> {
+        #[pin]
+        future: CatchUnwind<AssertUnwindSafe<F>>,
+        task: Task,
+        counters: C,
+    }
+}
+
+impl<F, C> Future for CatchPanics<F, C>
+where
+    F: Future,
+    C: CountsPanics,
+{
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.future.poll(cx)) {
+            Ok(output) => Poll::Ready(Some(output)),
+            Err(payload) => {
+                let task = *this.task;
+                this.counters.counters().panicked();
+                tracing::error!(
+                    task = task.name(),
+                    panic = message(&*payload),
+                    "a {} task panicked",
+                    task.name()
+                );
+                Poll::Ready(None)
+            }
         }
     }
 }

@@ -385,6 +385,9 @@ pub(crate) async fn run<I, S, B>(
 {
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    // Pinned here and lent to `watch`: moved into it, the connection (most of the task)
+    // would be held twice.
+    tokio::pin!(conn);
     match watch(conn, &connection, closing).await {
         End::Finished(result) => log_end(result),
         End::TimedOut => tracing::debug!("connection closed: no request head in time"),
@@ -407,11 +410,14 @@ pub(crate) async fn run<I, S, B>(
 /// What it knows of the connection comes from `connection`, which serve's IO (the
 /// protocol, the probe) and service (requests, upgrades) keep; a connection watched
 /// without them is treated as an idle HTTP/1 one, which closes (or gets GOAWAY) at once.
-pub(crate) async fn watch<C>(conn: C, connection: &Connection, closing: Closing) -> End<C::Error>
+pub(crate) async fn watch<C>(
+    mut conn: Pin<&mut C>,
+    connection: &Connection,
+    closing: Closing,
+) -> End<C::Error>
 where
     C: GracefulConnection,
 {
-    tokio::pin!(conn);
     let (drain, force) = (StepWait::new(), StepWait::new());
     tokio::pin!(drain, force);
     let header_read_timeout = closing.header_read_timeout;

@@ -32,8 +32,8 @@ where
         // At the stop deadline a stream gets a moment to send what its body ends with
         // (a gRPC call's `grpc-status` trailers); others end at once.
         let task = UntilForceClosing::new(stream, shutdown.clone(), Some(GRPC_FLUSH));
-        self.shutdown.lifecycle().spawn_task(async move {
-            catch_panics(Task::Stream, shutdown.counters(), task).await;
-        });
+        self.shutdown
+            .lifecycle()
+            .spawn_task(catch_panics(Task::Stream, shutdown, task));
     }
 }

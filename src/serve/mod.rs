@@ -461,10 +461,8 @@ impl<M> Acceptor<M> {
         );
         // The connection's requests see its drain while they run.
         let served = Scoped::new(served, shutdown.drain());
-        tokio::spawn(async move {
-            let counters = connection.shutdown().counters();
-            catch_panics(Task::Connection, counters, served).await;
-        });
+        // No `async` block around it: that would hold `served` twice.
+        tokio::spawn(catch_panics(Task::Connection, shutdown.clone(), served));
     }
 
     /// At drain start, before the listener closes: stops new handshakes, then accepts

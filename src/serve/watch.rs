@@ -125,6 +125,7 @@ impl ConnectionWatcher {
         let token = this.token.take();
         let connection = Arc::clone(&this.connection);
         async move {
+            tokio::pin!(conn);
             let end = connection::watch(conn, &connection, Closing::IMMEDIATELY).await;
             let force_closed = matches!(end, connection::End::ForceClosed);
             if token.is_some() {
