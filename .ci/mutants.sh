@@ -40,7 +40,7 @@ cd "$(dirname "$0")/.."
 MUTANTS_VERSION=27.1.0
 FILES=(src/lifecycle.rs src/driver.rs src/shutdown.rs src/request.rs src/drain.rs
        'src/layer/*.rs' 'src/serve/*.rs' src/stats.rs src/background.rs)
-TESTS=(accept_loop admission axum_serve bad_input ecosystem http1 http2 layer logs metrics
+TESTS=(accept_loop admission axum_serve bad_input ecosystem handover http1 http2 layer logs metrics new_connections
        operations progress serve signals sse tls tower_stack websocket)
 
 if ! cargo mutants --version >/dev/null 2>&1; then
