@@ -37,10 +37,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    // NOT_SERVING from the trigger on, while requests are still served.
+    // NOT_SERVING from the trigger of a real stop on, while requests are still served (a
+    // handover to a new generation of the process keeps the address served).
     let triggered = shutdown.triggered();
+    let stopping = shutdown.clone();
     tokio::spawn(async move {
         triggered.await;
+        if stopping.is_handover() {
+            return;
+        }
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;

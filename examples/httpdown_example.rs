@@ -14,8 +14,15 @@
 //!   `event: shutdown` with `data: bye`, then the stream ends cleanly.
 //! - `GET /ws`: a WebSocket echo server; at drain start it sends a Close frame with code
 //!   1001 and ends once the client answers (or at the stop deadline).
-//! - any other path: `?duration=D` writes `going to sleep D with pid PID`, sleeps D,
-//!   then writes `slept D with pid PID`.
+//! - any other path, any method: `?duration=D` writes `going to sleep D with pid PID`,
+//!   sleeps D, then writes `slept D with pid PID` (a request body is read and discarded
+//!   first).
+//!
+//! Zero-downtime restart: `kill -HUP <pid>` runs the executable again with the same
+//! arguments and the listening socket; the new process prints its own `serving on` line,
+//! and only then does this one drain. Started by systemd socket activation (for example
+//! `systemd-socket-activate -l 127.0.0.1:8080 target/debug/examples/httpdown_example`),
+//! it serves the inherited socket.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,10 +45,12 @@ use axum::Router;
 use clap::Parser;
 use futures_util::{stream, Stream, StreamExt};
 use httpdown::axum::GracefulWebSocket;
+use httpdown::restart::Upgrader;
 use httpdown::tls::rustls::pki_types::PrivatePkcs8KeyDer;
 use httpdown::tls::rustls::ServerConfig;
 use httpdown::tls::TlsListener;
-use httpdown::{Drain, Shutdown};
+use httpdown::{Drain, IdleClose, Shutdown};
+use tokio::signal::unix::SignalKind;
 
 /// Serves a slow handler and shuts down gracefully on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
@@ -69,6 +78,29 @@ struct Args {
     /// Serve HTTPS with a certificate for localhost and 127.0.0.1 generated at start.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     tls_self_signed: bool,
+    /// When idle keep-alive connections close during the drain: `immediately`,
+    /// `min-idle-age=DUR` or `after-next-request=DUR` (absent: the library's defaults).
+    #[arg(long, value_parser = parse_idle_close)]
+    idle_close: Option<IdleClose>,
+    /// How long a new process started by SIGHUP has to be ready before it is killed and
+    /// this one keeps serving.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    upgrade_timeout: Duration,
+    /// Write the serving process's pid to this file (atomically).
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+}
+
+fn parse_idle_close(value: &str) -> Result<IdleClose, String> {
+    let duration = |d: &str| humantime::parse_duration(d).map_err(|e| e.to_string());
+    match value.split_once('=') {
+        None if value == "immediately" => Ok(IdleClose::Immediately),
+        Some(("min-idle-age", d)) => duration(d).map(IdleClose::MinIdleAge),
+        Some(("after-next-request", d)) => duration(d).map(IdleClose::AfterNextRequest),
+        _ => Err(format!(
+            "{value:?}: expected immediately, min-idle-age=DUR or after-next-request=DUR"
+        )),
+    }
 }
 
 /// The TLS configuration the flags ask for, if any.
@@ -113,15 +145,30 @@ async fn main() -> ExitCode {
         .kill_timeout(args.kill_timeout)
         .drain_delay(args.drain_delay)
         .build();
+    // First: it takes the sockets of a previous generation or of systemd, if any.
+    let mut upgrader = Upgrader::builder().timeout(args.upgrade_timeout);
+    if let Some(path) = &args.pid_file {
+        upgrader = upgrader.pid_file(path);
+    }
+    let upgrader = match upgrader.build(&shutdown) {
+        Ok(upgrader) => upgrader,
+        Err(e) => {
+            eprintln!("httpdown_example: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Before the start line: a signal sent as soon as the line is read is handled.
-    if let Err(e) = shutdown.trigger_on_signals() {
+    let signals = shutdown
+        .trigger_on_signals()
+        .and_then(|()| upgrader.upgrade_on_signal(SignalKind::hangup()));
+    if let Err(e) = signals {
         eprintln!("httpdown_example: {e}");
         return ExitCode::FAILURE;
     }
-    let listener = match tokio::net::TcpListener::bind(args.addr).await {
+    let listener = match upgrader.tcp_listener("http", args.addr).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("httpdown_example: failed to bind {}: {e}", args.addr);
+            eprintln!("httpdown_example: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -134,11 +181,22 @@ async fn main() -> ExitCode {
         .fallback(sleep);
     // Built before the start line: a signal sent as soon as the line is read drains this
     // server instead of finishing the shutdown before it starts.
+    let idle_close = args.idle_close;
     let serving = match tls {
         Some(config) => {
-            httpdown::serve(TlsListener::new(listener, config), app, &shutdown).into_future()
+            let serve = httpdown::serve(TlsListener::new(listener, config), app, &shutdown);
+            match idle_close {
+                Some(idle_close) => serve.idle_close(idle_close).into_future(),
+                None => serve.into_future(),
+            }
         }
-        None => httpdown::serve(listener, app, &shutdown).into_future(),
+        None => {
+            let serve = httpdown::serve(listener, app, &shutdown);
+            match idle_close {
+                Some(idle_close) => serve.idle_close(idle_close).into_future(),
+                None => serve.into_future(),
+            }
+        }
     };
     let mut stdout = std::io::stdout();
     let _ = writeln!(
@@ -147,6 +205,10 @@ async fn main() -> ExitCode {
         std::process::id()
     );
     let _ = stdout.flush();
+    // Accepting from here: a previous generation drains now.
+    if let Err(e) = upgrader.ready() {
+        eprintln!("httpdown_example: {e}");
+    }
     let served = serving.await;
     match served {
         Ok(report) => {
@@ -166,7 +228,10 @@ async fn main() -> ExitCode {
 
 /// `GET /?duration=D`: writes `going to sleep D with pid PID`, flushes, sleeps D, then
 /// writes `slept D with pid PID`.
-async fn sleep(Query(query): Query<HashMap<String, String>>) -> Response {
+async fn sleep(Query(query): Query<HashMap<String, String>>, body: Body) -> Response {
+    // Read and discard the body first, so the connection can be reused after the answer.
+    let mut body = body.into_data_stream();
+    while let Some(Ok(_)) = body.next().await {}
     let raw = query.get("duration").cloned().unwrap_or_default();
     let duration = match humantime::parse_duration(&raw) {
         Ok(duration) => duration,

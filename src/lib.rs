@@ -160,6 +160,9 @@ mod until_drain;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(all(unix, feature = "restart"))]
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "restart"))))]
+pub mod restart;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;

@@ -205,6 +205,8 @@ pub mod names {
     /// Counter: tasks spawned by the crate (connections, HTTP/2 streams, its own) that
     /// panicked.
     pub const PANICS: &str = "httpdown_task_panics_total";
+    /// Counter with label `result` = `ok` or `failed`: self-upgrades (feature `restart`).
+    pub const UPGRADES: &str = "httpdown_upgrades_total";
 }
 
 #[cfg(feature = "metrics")]

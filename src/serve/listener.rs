@@ -3,6 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -84,8 +86,33 @@ impl Listener for TcpListener {
     /// On Linux, attaches a socket filter that drops SYNs (and only them): handshakes
     /// already answered complete and are accepted, new ones are not answered.
     fn stop_handshakes(&mut self) -> io::Result<bool> {
+        if self.local_addr().is_ok_and(is_shared) {
+            // Held by systemd too: the next process inherits it, filter and all.
+            return Ok(false);
+        }
         stop_syns(&*self)
     }
+}
+
+/// Addresses of TCP listening sockets that outlive this process (held by systemd, which
+/// hands them to the next start): a final stop must not leave its handshake filter on
+/// them, or the next process would inherit a socket that answers no one.
+static SHARED: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+
+/// Marks the listening socket at `addr` as one that outlives this process.
+#[cfg_attr(not(all(unix, feature = "restart")), allow(dead_code))]
+pub(crate) fn mark_shared(addr: SocketAddr) {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if !shared.contains(&addr) {
+        shared.push(addr);
+    }
+}
+
+fn is_shared(addr: SocketAddr) -> bool {
+    SHARED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&addr)
 }
 
 /// A classic BPF program for a TCP socket that drops segments with SYN set and ACK clear

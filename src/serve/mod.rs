@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 pub use self::io::{PendingInput, WatchedIo};
+#[cfg(all(unix, feature = "restart"))]
+pub(crate) use listener::mark_shared;
 pub use listener::Listener;
 pub use make::{IncomingConnection, MakeService};
 pub use settings::{Http1Settings, Http2Settings};
