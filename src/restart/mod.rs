@@ -281,11 +281,14 @@ impl UpgraderBuilder {
 }
 
 /// The name of the previous generation's rendezvous, if this process was started by an
-/// upgrade.
+/// upgrade. The variable is removed, so that processes this one starts (other than its
+/// own upgrades, which get their own) do not take themselves for a new generation.
 fn handover_from_env() -> Option<String> {
-    std::env::var(HANDOVER_ENV)
+    let name = std::env::var(HANDOVER_ENV)
         .ok()
-        .filter(|name| !name.is_empty())
+        .filter(|name| !name.is_empty());
+    std::env::remove_var(HANDOVER_ENV);
+    name
 }
 
 /// Takes the sockets the previous generation sends.
