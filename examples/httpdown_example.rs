@@ -89,6 +89,10 @@ struct Args {
     /// Write the serving process's pid to this file (atomically).
     #[arg(long, value_name = "PATH")]
     pid_file: Option<PathBuf>,
+    /// Upgrade with SO_REUSEPORT: each generation binds its own socket on the address
+    /// instead of passing it on (see net.ipv4.tcp_migrate_req).
+    #[arg(long)]
+    reuse_port: bool,
 }
 
 fn parse_idle_close(value: &str) -> Result<IdleClose, String> {
@@ -146,7 +150,9 @@ async fn main() -> ExitCode {
         .drain_delay(args.drain_delay)
         .build();
     // First: it takes the sockets of a previous generation or of systemd, if any.
-    let mut upgrader = Upgrader::builder().timeout(args.upgrade_timeout);
+    let mut upgrader = Upgrader::builder()
+        .timeout(args.upgrade_timeout)
+        .reuse_port(args.reuse_port);
     if let Some(path) = &args.pid_file {
         upgrader = upgrader.pid_file(path);
     }

@@ -69,9 +69,12 @@ pub(crate) struct Lifecycle {
     servers: TaskTracker,
     /// Background work registered with the shutdown (`Shutdown::spawn`).
     background: TaskTracker,
-    /// The listening sockets are handed to the next generation of the process, which
-    /// goes on serving them: set before the trigger, never cleared.
+    /// A handover to the next generation of the process: set before the trigger, never
+    /// cleared.
     handover: AtomicBool,
+    /// In that handover, the next generation serves this process's listening sockets
+    /// themselves (rather than sockets of its own on the same address).
+    sockets_shared: AtomicBool,
 }
 
 impl Default for Lifecycle {
@@ -89,6 +92,7 @@ impl Default for Lifecycle {
             servers: TaskTracker::new(),
             background: TaskTracker::new(),
             handover: AtomicBool::new(false),
+            sockets_shared: AtomicBool::new(false),
         }
     }
 }
@@ -134,16 +138,24 @@ impl Lifecycle {
         self.token(step).clone().cancelled_owned()
     }
 
-    /// Marks the shutdown as a handover (before triggering it); `false` if it had already
-    /// been triggered, which a handover can no longer change.
-    pub(crate) fn hand_over(&self) -> bool {
+    /// Marks the shutdown as a handover (before triggering it), whose next generation
+    /// serves this process's own listening sockets if `sockets_shared`; `false` if it had
+    /// already been triggered, which a handover can no longer change.
+    pub(crate) fn hand_over(&self, sockets_shared: bool) -> bool {
         if self.reached(Step::Triggered) {
             return self.is_handover();
         }
-        // Release pairs with the acquire in `is_handover`; the trigger that follows
-        // publishes it with the step as well.
+        self.sockets_shared.store(sockets_shared, Ordering::Relaxed);
+        // Release pairs with the acquire in `is_handover` (and publishes `sockets_shared`
+        // with it); the trigger that follows publishes both with the step as well.
         self.handover.store(true, Ordering::Release);
         true
+    }
+
+    /// Whether the listening sockets themselves go on being served by the next
+    /// generation (a handover that passed them on).
+    pub(crate) fn listeners_handed_over(&self) -> bool {
+        self.is_handover() && self.sockets_shared.load(Ordering::Relaxed)
     }
 
     /// Whether the listeners are handed over to the next generation of the process.

@@ -304,7 +304,15 @@ impl Shutdown {
     /// Returns `false`, and does nothing more than `trigger`, if the shutdown had already
     /// been triggered: a stop under way stays a stop.
     pub fn trigger_handover(&self) -> bool {
-        let handover = self.lifecycle().hand_over();
+        self.trigger_handover_with(true)
+    }
+
+    /// [`trigger_handover`](Self::trigger_handover); `sockets_shared`: whether the next
+    /// generation serves this process's listening sockets themselves (`false`: sockets of
+    /// its own on the same address, `SO_REUSEPORT`), in which case each listener closes
+    /// with a final stop's care for new connections.
+    pub(crate) fn trigger_handover_with(&self, sockets_shared: bool) -> bool {
+        let handover = self.lifecycle().hand_over(sockets_shared);
         if handover {
             self.trigger_by(Some(&"a handover to the next generation"));
         } else {

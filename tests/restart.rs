@@ -149,8 +149,13 @@ impl Generations {
 
     async fn start_with(flags: &[&str], env: &[(&str, &str)]) -> (Generations, SocketAddr, u32) {
         let stderr = scratch(&format!("stderr-{}", rand_tag()));
+        let default_addr: &[&str] = if flags.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         let mut first = Command::new(demo_binary())
-            .args(["--addr", "127.0.0.1:0"])
+            .args(default_addr)
             .args(flags)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
@@ -783,4 +788,81 @@ async fn systemd_hears_ready_reloading_mainpid_and_stopping() {
     .await;
     wait_gone(second).await;
     listening.abort();
+}
+
+/// B56: the same upgrades in `SO_REUSEPORT` mode (each generation binds its own socket):
+/// nothing refused, reset or lost. With `net.ipv4.tcp_migrate_req = 0` (the default) a
+/// few connects reach the closing socket and wait for their SYN retransmit; they are
+/// counted and reported, never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_upgrades_lose_nothing() {
+    const UPGRADES: usize = 3;
+    // A fixed port: each generation binds the address it is given, and port 0 would
+    // give each its own.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let (mut generations, addr, first_pid) =
+        Generations::start(&["--reuse-port", "--addr", &listen]).await;
+    let reaper = Reaper::default();
+    reaper.watch(first_pid);
+    let tally = Arc::new(Tally::default());
+    let slow_connects = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let (tally, stop, slow) = (
+            Arc::clone(&tally),
+            Arc::clone(&stop),
+            Arc::clone(&slow_connects),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                one_shot(addr, "/?duration=0s", &tally).await;
+                if started.elapsed() > Duration::from_millis(500) {
+                    slow.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut pids = vec![first_pid];
+    for upgrade in 0..UPGRADES {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let old = *pids.last().unwrap();
+        kill(old, "HUP");
+        let (new_addr, new_pid) = generations.next().await;
+        assert_eq!(new_addr, addr, "upgrade {upgrade}: the same address");
+        reaper.watch(new_pid);
+        pids.push(new_pid);
+        wait_gone(old).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        tokio::time::timeout(BOUND, task)
+            .await
+            .unwrap_or_else(|_| panic!("the load did not stop: {}", tally.summary()))
+            .unwrap();
+    }
+    let last = *pids.last().unwrap();
+    kill(last, "TERM");
+    wait_gone(last).await;
+    let stderr = generations.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "requests lost across SO_REUSEPORT upgrades: {}",
+        tally.summary()
+    );
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    eprintln!(
+        "SO_REUSEPORT upgrades (tcp_migrate_req = {}): {}; connects over 500 ms: {}",
+        migrate.trim(),
+        tally.summary(),
+        slow_connects.load(Ordering::Relaxed)
+    );
 }

@@ -166,6 +166,7 @@ pub struct UpgraderBuilder {
     timeout: Duration,
     pid_file: Option<PathBuf>,
     require_listen_pid: bool,
+    reuse_port: bool,
 }
 
 impl Default for UpgraderBuilder {
@@ -176,6 +177,7 @@ impl Default for UpgraderBuilder {
             timeout: DEFAULT_UPGRADE_TIMEOUT,
             pid_file: None,
             require_listen_pid: true,
+            reuse_port: false,
         }
     }
 }
@@ -218,6 +220,21 @@ impl UpgraderBuilder {
     /// naming another process always means the sockets are not this process's.
     pub fn require_listen_pid(mut self, require: bool) -> Self {
         self.require_listen_pid = require;
+        self
+    }
+
+    /// `SO_REUSEPORT` mode (Linux, off by default): TCP listeners bound by
+    /// [`Upgrader::tcp_listener`] get `SO_REUSEPORT` and are not handed over; the next
+    /// generation binds its own socket on the same address, and once it is ready this
+    /// one closes its own. With `net.ipv4.tcp_migrate_req = 1` the kernel moves the
+    /// connections queued on the closing socket (and handshakes under way) to the new
+    /// one, and nothing waits. With `0`, the Linux default (warned about at build), the
+    /// old socket closes as at a final stop: new handshakes hashed to it are dropped (the
+    /// client's SYN retransmit, a second later, reaches the new socket), and what it had
+    /// queued is accepted and served, so no connection is reset, but a few connects take
+    /// a second. Passing the sockets on (the default) has neither cost.
+    pub fn reuse_port(mut self, reuse_port: bool) -> Self {
+        self.reuse_port = reuse_port;
         self
     }
 
@@ -267,6 +284,7 @@ impl UpgraderBuilder {
             args,
             timeout: self.timeout,
             pid_file: self.pid_file,
+            reuse_port: self.reuse_port,
             upgraded,
             inherited: Mutex::new(inherited),
             sockets: Mutex::new(Vec::new()),
@@ -275,6 +293,13 @@ impl UpgraderBuilder {
             failed: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         });
+        if inner.reuse_port && !tcp_migrate_req() {
+            tracing::warn!(
+                "SO_REUSEPORT handover with net.ipv4.tcp_migrate_req = 0: connects that \
+                 reach the old socket as it closes wait for their SYN retransmit (about 1 s); \
+                 set it to 1, or pass the sockets on instead"
+            );
+        }
         watch_the_end(&inner);
         Ok(Upgrader { inner })
     }
@@ -321,6 +346,8 @@ struct Inner {
     args: Vec<OsString>,
     timeout: Duration,
     pid_file: Option<PathBuf>,
+    /// TCP listeners are bound with `SO_REUSEPORT` and not handed over.
+    reuse_port: bool,
     /// Started by an upgrade.
     upgraded: bool,
     /// Received at start, until a listener takes them.
@@ -388,6 +415,10 @@ impl Upgrader {
                     }
                 }
                 (listener, shared)
+            }
+            None if self.inner.reuse_port => {
+                // Not handed over: the next generation binds its own.
+                return bind_reuse_port(&addr).await.map_err(failed);
             }
             None => (TcpListener::bind(&addr).await.map_err(failed)?, false),
         };
@@ -620,7 +651,10 @@ impl Upgrader {
             None => {
                 // The new process serves: it becomes the main one.
                 notify::handed_over(pid);
-                inner.shutdown.trigger_handover();
+                // With SO_REUSEPORT and no migration of queued connections, this
+                // process's own sockets close with a final stop's care.
+                let sockets_shared = !inner.reuse_port || tcp_migrate_req();
+                inner.shutdown.trigger_handover_with(sockets_shared);
                 Ok(pid)
             }
             Some(error) => {
@@ -713,6 +747,42 @@ fn watch_the_end(inner: &Arc<Inner>) {
         drop(inner);
         notify::stopping(&shutdown).await;
     });
+}
+
+/// Binds `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), as tokio's `bind` would
+/// otherwise: each resolved address in turn, the first that binds.
+async fn bind_reuse_port(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            #[cfg(not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))]
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            TcpListener::from_std(socket.into())
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
+/// Whether Linux moves a closing `SO_REUSEPORT` listener's connections to another one
+/// (`net.ipv4.tcp_migrate_req`).
+fn tcp_migrate_req() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .is_ok_and(|value| value.trim() == "1")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -469,8 +469,9 @@ impl<M> Acceptor<M> {
 
     /// At drain start, before the listener closes: stops new handshakes, then accepts
     /// what the kernel has completed (B55), so that no client whose connect succeeded is
-    /// reset by the close. Skipped in a handover: the next generation goes on accepting
-    /// from the same socket, and a filter on it would be its filter too.
+    /// reset by the close. Skipped in a handover that passed the listening sockets on: the
+    /// next generation goes on accepting from the same socket, and a filter on it would be
+    /// its filter too.
     async fn accept_the_last<L>(&mut self, listener: &mut L)
     where
         L: Listener,
@@ -478,7 +479,7 @@ impl<M> Acceptor<M> {
     {
         let shutdown = self.shutdown.clone();
         let lifecycle = shutdown.lifecycle();
-        if lifecycle.is_handover() {
+        if lifecycle.listeners_handed_over() {
             return;
         }
         let stopped = listener.stop_handshakes().unwrap_or_else(|error| {
