@@ -93,6 +93,10 @@ struct Args {
     /// instead of passing it on (see net.ipv4.tcp_migrate_req).
     #[arg(long)]
     reuse_port: bool,
+    /// Wait this long before serving, as an application with a slow start-up would (a
+    /// new generation is ready only after it).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    startup_delay: Duration,
 }
 
 fn parse_idle_close(value: &str) -> Result<IdleClose, String> {
@@ -204,6 +208,9 @@ async fn main() -> ExitCode {
             }
         }
     };
+    if !args.startup_delay.is_zero() {
+        tokio::time::sleep(args.startup_delay).await;
+    }
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,

@@ -224,6 +224,8 @@ struct Tally {
     timeouts: AtomicUsize,
     pids: Mutex<BTreeSet<u32>>,
     errors: Mutex<Vec<String>>,
+    /// Each one-shot request's time, from its connect to its response's end.
+    latencies: Mutex<Vec<Duration>>,
 }
 
 impl Tally {
@@ -316,9 +318,11 @@ async fn one_shot(addr: SocketAddr, path: &str, tally: &Tally) {
             .await
             .map_err(|(class, e)| (counter(tally, class), e))
     };
+    let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(BOUND, exchange)
         .await
         .unwrap_or_else(|_| Err((&tally.timeouts, format!("{path}: no response in time"))));
+    tally.latencies.lock().unwrap().push(started.elapsed());
     tally.record(outcome);
 }
 
@@ -865,4 +869,85 @@ async fn reuse_port_upgrades_lose_nothing() {
         tally.summary(),
         slow_connects.load(Ordering::Relaxed)
     );
+}
+
+/// Issue 14's slow start-up: a new generation that takes 1 s to start (`--startup-delay`)
+/// stalls nothing: the old one serves every request meanwhile (the new one holds the
+/// sockets but accepts only once ready), nothing is lost, and no request waits for the
+/// start-up. Also: the last generation holds as many descriptors as the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_start_up_stalls_nothing_and_leaks_no_descriptor() {
+    let (mut generations, addr, first_pid) = Generations::start(&["--startup-delay", "1s"]).await;
+    let reaper = Reaper::default();
+    reaper.watch(first_pid);
+    let fds_at_start = open_fds(first_pid);
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    one_shot(addr, "/?duration=0s", &tally).await;
+                }
+            })
+        })
+        .collect();
+    let mut pids = vec![first_pid];
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = *pids.last().unwrap();
+        let signalled = std::time::Instant::now();
+        kill(old, "HUP");
+        let (_, new_pid) = generations.next().await;
+        reaper.watch(new_pid);
+        assert!(
+            signalled.elapsed() >= Duration::from_secs(1),
+            "the new generation was ready before its start-up ended"
+        );
+        pids.push(new_pid);
+        wait_gone(old).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
+    }
+    let last = *pids.last().unwrap();
+    // The clients are gone; the server's side of their connections closes at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds_at_end = open_fds(last);
+    kill(last, "TERM");
+    wait_gone(last).await;
+
+    assert_eq!(tally.failures(), 0, "{}", tally.summary());
+    let served_by = tally.pids.lock().unwrap().clone();
+    assert_eq!(
+        served_by,
+        pids.iter().copied().collect(),
+        "{}",
+        tally.summary()
+    );
+    let mut latencies = tally.latencies.lock().unwrap().clone();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    assert!(
+        max < Duration::from_millis(900),
+        "a request waited for the new generation's start-up: max {max:?}, p99 {p99:?}"
+    );
+    assert_eq!(
+        fds_at_end, fds_at_start,
+        "descriptors of the last generation vs the first"
+    );
+    eprintln!(
+        "slow start-up: {}; p99 {p99:?}, max {max:?}; fds {fds_at_start} -> {fds_at_end}",
+        tally.summary()
+    );
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or_else(|e| panic!("fds of {pid}: {e}"))
 }
