@@ -557,6 +557,38 @@ mod tests {
         svc.ready().await.unwrap().call(http::Request::new(()))
     }
 
+    /// Each getter returns what was configured (not the default).
+    #[test]
+    fn getters_return_what_was_configured() {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(3))
+            .kill_timeout(Duration::from_secs(4))
+            .drain_delay(Duration::from_secs(2))
+            .on_second_signal(SecondSignal::Ignore)
+            .build();
+        assert_eq!(shutdown.stop_timeout(), Some(Duration::from_secs(3)));
+        assert_eq!(shutdown.kill_timeout(), Some(Duration::from_secs(4)));
+        assert_eq!(shutdown.drain_delay(), Duration::from_secs(2));
+        assert_eq!(shutdown.second_signal(), SecondSignal::Ignore);
+    }
+
+    /// Background work spawned from a thread outside any runtime runs on the runtime the
+    /// controller was built in.
+    #[test]
+    fn spawn_outside_a_runtime_uses_the_one_it_was_built_in() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = runtime.block_on(async { Shutdown::new() });
+        let spawned = std::thread::spawn(move || shutdown.spawn(|_drain| async { 7 }))
+            .join()
+            .unwrap()
+            .expect("spawned on the runtime the controller was built in");
+        assert_eq!(runtime.block_on(spawned).unwrap(), Some(7));
+    }
+
     #[test]
     fn defaults_are_sixty_seconds_each() {
         let shutdown = Shutdown::new();

@@ -112,3 +112,53 @@ async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
         "{lines:#?}"
     );
 }
+
+/// A chosen interval is the one used (lines 700 ms apart, not the default 1 s), and a
+/// zero interval turns the lines off, as `None` does.
+#[tokio::test(start_paused = true)]
+async fn the_chosen_progress_interval_is_used_and_zero_turns_it_off() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let progress_lines = |captured: &Captured| -> Vec<String> {
+        captured
+            .lines()
+            .iter()
+            .filter_map(|l| l.split_once("INFO ").map(|(_, rest)| rest))
+            .filter(|l| l.contains(" left, "))
+            .map(|l| l.split(" requests=").next().unwrap_or(l).to_owned())
+            .collect()
+    };
+
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_secs(2))
+        .kill_timeout(Duration::from_secs(1))
+        .progress_interval(Duration::from_millis(700))
+        .build();
+    shut_down_with_an_endless_stream(&shutdown).await;
+    assert_eq!(
+        progress_lines(&captured),
+        [
+            "draining: 1 request, 1 connection left, stop deadline in 1.3s",
+            "draining: 1 request, 1 connection left, stop deadline in 0.6s",
+        ],
+        "{:#?}",
+        captured.lines()
+    );
+
+    captured.0.lock().unwrap().clear();
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_secs(2))
+        .kill_timeout(Duration::from_secs(1))
+        .progress_interval(Duration::ZERO)
+        .build();
+    shut_down_with_an_endless_stream(&shutdown).await;
+    assert_eq!(progress_lines(&captured), Vec::<String>::new());
+}

@@ -626,3 +626,29 @@ async fn accepted_tcp_connections_have_tcp_nodelay() {
         "TCP_NODELAY on each socket"
     );
 }
+
+/// A `GracefulLayer` of another controller inside `serve` counts its requests for its
+/// own controller (`serve`'s count does not stand for it).
+#[tokio::test(start_paused = true)]
+async fn a_layer_of_another_shutdown_inside_serve_counts_for_its_own() {
+    let serving = shutdown(Duration::from_secs(10));
+    let other = shutdown(Duration::from_secs(10));
+    let release = Arc::new(Notify::new());
+    let (listener, connector) = channel_listener();
+    let app = app(Arc::clone(&release)).layer(other.layer());
+    let server = tokio::spawn(httpdown::serve(listener, app, &serving).into_future());
+    let mut conn = get_request_on(&connector, "/wait").await;
+    while serving.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        other.in_flight(),
+        1,
+        "the other controller counts the request"
+    );
+    release.notify_one();
+    read_until(&mut conn, "done").await;
+    assert_eq!(other.in_flight(), 0);
+    serving.trigger();
+    served(server).await;
+}
