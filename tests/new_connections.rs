@@ -260,44 +260,55 @@ async fn one_request(addr: SocketAddr, tally: &Tally) {
     }
 }
 
+/// 32 clients, a new connection per request, each until one of its connects is refused
+/// (the close has been seen); `close` is called 200 ms in. Returns (served, refused,
+/// lost after connect).
+async fn burst<F: std::future::Future>(addr: SocketAddr, close: F) -> (usize, usize, usize) {
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let tally = Arc::clone(&tally);
+            tokio::spawn(async move {
+                let start = tally.refused.load(Ordering::Relaxed);
+                loop {
+                    one_request(addr, &tally).await;
+                    if tally.refused.load(Ordering::Relaxed) > start {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    close.await;
+    for client in clients {
+        tokio::time::timeout(BOUND, client)
+            .await
+            .expect("clients stop once refused")
+            .unwrap();
+    }
+    (
+        tally.ok.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.lost.load(Ordering::Relaxed),
+    )
+}
+
 /// B55 end to end: 32 clients open a new connection per request while the server shuts
 /// down (three rounds). Every client whose connect succeeded gets its response; the
-/// others have their connects refused.
+/// others have their connects refused. The same burst against `axum::serve` with its
+/// graceful shutdown is run alongside and reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_new_connections_across_the_close_loses_nothing_after_connect() {
+    let (mut ours, mut axum_lost) = (Vec::new(), Vec::new());
     for round in 0..3 {
         let shutdown = shutdown(Duration::from_secs(10));
         let (addr, server) = start(app(Arc::default()), &shutdown).await;
-        let tally = Arc::new(Tally::default());
-        let clients: Vec<_> = (0..32)
-            .map(|_| {
-                let tally = Arc::clone(&tally);
-                tokio::spawn(async move {
-                    // Until one connect has been refused: the close has been seen.
-                    let start = tally.refused.load(Ordering::Relaxed);
-                    loop {
-                        one_request(addr, &tally).await;
-                        if tally.refused.load(Ordering::Relaxed) > start {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        shutdown.trigger();
+        let (ok, refused, lost) = burst(addr, async {
+            shutdown.trigger();
+        })
+        .await;
         let report = served_in_time(server).await;
-        for client in clients {
-            tokio::time::timeout(BOUND, client)
-                .await
-                .expect("clients stop once refused")
-                .unwrap();
-        }
-        let (ok, refused, lost) = (
-            tally.ok.load(Ordering::Relaxed),
-            tally.refused.load(Ordering::Relaxed),
-            tally.lost.load(Ordering::Relaxed),
-        );
         assert!(ok > 0, "round {round}: no request served before the close");
         assert!(refused > 0, "round {round}");
         assert_eq!(
@@ -306,5 +317,28 @@ async fn a_burst_of_new_connections_across_the_close_loses_nothing_after_connect
              ({ok} served, {refused} refused)"
         );
         assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+        ours.push(format!("{lost} lost ({ok} served, {refused} refused)"));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let axum = tokio::spawn(
+            axum::serve(listener, app(Arc::default()))
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future(),
+        );
+        let (ok, refused, lost) = burst(addr, async {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(BOUND, axum).await;
+        })
+        .await;
+        axum_lost.push(format!("{lost} lost ({ok} served, {refused} refused)"));
     }
+    eprintln!(
+        "bursts across the close: httpdown {}; axum::serve {}",
+        ours.join("; "),
+        axum_lost.join("; ")
+    );
 }
