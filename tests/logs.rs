@@ -146,3 +146,38 @@ fn an_escalation_is_logged_as_one() {
     );
     assert_eq!(count(&text, "stop deadline"), 0, "{text}");
 }
+
+/// A hand-written accept loop that hands its connections to the shutdown (`watch`): the
+/// drain line says the connections were told to finish, and claims no listener.
+#[test]
+fn watched_connections_are_told_to_finish_and_no_listener_is_claimed() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    let text = Logs::capture(async {
+        let shutdown = shutdown(Duration::from_secs(5));
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let app = app(Arc::default()).layer(shutdown.layer());
+        let watched = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let service = TowerToHyperService::new(app);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(server), service);
+                let _ = shutdown.watch(conn).await;
+            })
+        };
+        let mut client = client;
+        send_get(&mut client, "/").await;
+        read_until(&mut client, "hello").await;
+        shutdown.trigger();
+        no_panics(shutdown.wait().await);
+        watched.await.unwrap();
+    });
+    assert_eq!(
+        count(&text, "drain started: connections told to finish"),
+        1,
+        "{text}"
+    );
+    assert_eq!(count(&text, "listeners closed"), 0, "{text}");
+}
