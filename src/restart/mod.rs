@@ -239,8 +239,16 @@ impl UpgraderBuilder {
     }
 
     /// Takes the sockets this process starts with (see [`Upgrader`]). Call it first
-    /// thing in `main`: it reads (and, for systemd's, clears) environment variables.
+    /// thing in `main`, inside the tokio runtime: it reads (and clears) environment
+    /// variables, and an error says what is wrong with what was inherited.
     pub fn build(self, shutdown: &Shutdown) -> Result<Upgrader, InheritError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            InheritError::Invalid(
+                "an Upgrader must be built inside a tokio runtime: it closes the sockets it \
+                 keeps for the next generation when the shutdown starts"
+                    .to_owned(),
+            )
+        })?;
         let program = match self.program {
             Some(program) => program,
             None => std::env::current_exe().map_err(|e| {
@@ -300,7 +308,7 @@ impl UpgraderBuilder {
                  set it to 1, or pass the sockets on instead"
             );
         }
-        watch_the_end(&inner);
+        watch_the_end(&inner, &runtime);
         Ok(Upgrader { inner })
     }
 }
@@ -725,10 +733,7 @@ async fn stop(child: &mut tokio::process::Child, pid: u32) {
 
 /// At drain start, the duplicates kept for an upgrade go (so a final stop closes the
 /// sockets); at a final stop the PID file goes too.
-fn watch_the_end(inner: &Arc<Inner>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+fn watch_the_end(inner: &Arc<Inner>, runtime: &tokio::runtime::Handle) {
     let weak = Arc::downgrade(inner);
     let shutdown = inner.shutdown.clone();
     runtime.spawn(async move {
@@ -950,5 +955,29 @@ mod notify {
         }
         #[cfg(not(feature = "systemd"))]
         let _ = shutdown;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrader_outside_a_runtime_is_a_clear_error() {
+        let shutdown = Shutdown::new();
+        let error = Upgrader::new(&shutdown).unwrap_err();
+        assert!(
+            error.to_string().contains("inside a tokio runtime"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn listener_names_travel_one_per_line() {
+        assert!(check_name("http").is_ok());
+        for bad in ["", "a\nb", "a\tb", "a:b"] {
+            let error = check_name(bad).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
     }
 }
