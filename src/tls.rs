@@ -113,6 +113,10 @@ impl<L: Listener> Listener for TlsListener<L> {
     fn has_pending_input(io: &Self::Io) -> bool {
         io.get_ref().is_some_and(L::has_pending_input)
     }
+
+    fn stop_handshakes(&mut self) -> io::Result<bool> {
+        self.inner.stop_handshakes()
+    }
 }
 
 /// A server-side TLS connection from a [`TlsListener`]: it completes its handshake on

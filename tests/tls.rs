@@ -266,3 +266,20 @@ fn bad_pem_files_are_clear_errors() {
     httpdown::tls::config_from_pem_files(&cert, &key).expect("good files load");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// B55 over TLS: the TLS listener stops new handshakes on its TCP listener at drain start
+/// (on Linux, the SYN filter), as plain TCP does.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_tls_listener_stops_new_handshakes_like_tcp() {
+    use httpdown::Listener;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let mut listener = TlsListener::new(tcp, pki().server.clone());
+    assert!(
+        listener.stop_handshakes().unwrap(),
+        "the filter is attached"
+    );
+    let connect = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr));
+    assert!(connect.await.is_err(), "a new handshake was answered");
+}
