@@ -389,3 +389,55 @@ async fn requests_after_the_stop_deadline_get_503_with_connection_close() {
     drop(held);
     no_panics(shutdown.wait().await);
 }
+
+/// The layer alone (any server) cuts a gRPC call at the stop deadline with
+/// `grpc-status: 14` (UNAVAILABLE) in trailers, which gRPC clients retry, not with a body
+/// error read as UNKNOWN.
+#[tokio::test(start_paused = true)]
+async fn the_layer_alone_ends_a_cut_grpc_call_with_unavailable() {
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_secs(1))
+        .build();
+    let (tx, body) = channel_body();
+    let mut body = Some(body);
+    let svc = shutdown.layer().layer(service_fn(move |_req: Request<()>| {
+        let body = body.take().expect("one request");
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    }));
+    let request = Request::post("/grpc.health.v1.Health/Watch")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let mut body = std::pin::pin!(svc.oneshot(request).await.unwrap().into_body());
+    shutdown.trigger();
+    let trailers = loop {
+        match body.frame().await {
+            Some(Ok(frame)) if frame.is_trailers() => break frame.into_trailers().unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("expected grpc-status trailers, got {other:?}"),
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    drop(tx);
+    no_panics(shutdown.wait().await);
+}
+
+/// `Graceful` hands out its own controller, and says what it wraps in `Debug`.
+#[test]
+fn graceful_hands_out_its_controller() {
+    let shutdown = Shutdown::new();
+    let svc = Graceful::new(
+        service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        }),
+        shutdown.clone(),
+    );
+    svc.shutdown().trigger();
+    assert!(shutdown.is_triggered(), "the same controller");
+    let debug = format!("{:?}", Graceful::new("inner", Shutdown::new()));
+    assert!(
+        debug.starts_with("Graceful {") && debug.contains("inner: \"inner\""),
+        "{debug}"
+    );
+}

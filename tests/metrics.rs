@@ -208,3 +208,30 @@ fn giving_up_at_the_kill_deadline_is_counted() {
         names::KILL_TIMEOUT
     );
 }
+
+/// The layer alone (under any server) keeps the request metrics too: the in-flight gauge
+/// goes back to 0 when the response ends.
+#[test]
+fn the_layer_alone_keeps_the_request_metrics() {
+    use http::{Request, Response};
+    use tower::{service_fn, Layer, ServiceExt};
+    let recorded = recorded(|_| async {
+        let shutdown = Shutdown::new();
+        let svc = shutdown
+            .layer()
+            .layer(service_fn(|_req: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+            }));
+        let response = svc.oneshot(Request::new(())).await.unwrap();
+        drop(response);
+    });
+    let values = recorded.values();
+    assert!(
+        matches!(values.get(names::REQUESTS), Some(DebugValue::Counter(1))),
+        "{values:?}"
+    );
+    match values.get(names::IN_FLIGHT) {
+        Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), 0.0, "{values:?}"),
+        other => panic!("no in-flight gauge: {other:?}"),
+    }
+}
