@@ -441,3 +441,31 @@ fn graceful_hands_out_its_controller() {
         "{debug}"
     );
 }
+
+/// The layer keeps what its body says about its end (an empty body is known to be over,
+/// so a server can send `content-length: 0` instead of a chunked end), and `Debug` says
+/// what each of its types is.
+#[tokio::test]
+async fn the_layer_keeps_the_body_end_and_debug_names() {
+    let shutdown = Shutdown::new();
+    let layer = shutdown.layer();
+    let svc = layer.layer(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
+    let mut svc = svc;
+    let future = svc.ready().await.unwrap().call(Request::new(()));
+    assert!(
+        format!("{future:?}").starts_with("ResponseFuture"),
+        "{future:?}"
+    );
+    let body = future.await.unwrap().into_body();
+    assert!(
+        http_body::Body::is_end_stream(&body),
+        "an empty body is over"
+    );
+    assert!(format!("{body:?}").starts_with("ResponseBody"), "{body:?}");
+    assert!(
+        format!("{layer:?}").starts_with("GracefulLayer"),
+        "{layer:?}"
+    );
+}

@@ -235,3 +235,35 @@ fn the_layer_alone_keeps_the_request_metrics() {
         other => panic!("no in-flight gauge: {other:?}"),
     }
 }
+
+/// A panic in a task the crate spawns is counted through the facade too.
+#[test]
+fn a_panic_is_counted_as_a_metric() {
+    use axum::routing::get;
+    let recorded = recorded(|_| async {
+        let shutdown = Shutdown::builder()
+            .stop_timeout(Duration::from_secs(2))
+            .build();
+        let app = app(Arc::default()).route(
+            "/panic",
+            get(|| async {
+                panic!("a handler panicked on purpose");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        );
+        let (listener, connector) = channel_listener();
+        let server = tokio::spawn(httpdown::serve(listener, app, &shutdown).into_future());
+        let mut conn = get_request_on(&connector, "/panic").await;
+        let (text, _) = read_to_end(&mut conn).await;
+        assert_eq!(text, "");
+        shutdown.trigger();
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(report.panics(), 1);
+    });
+    let values = recorded.values();
+    assert!(
+        matches!(values.get(names::PANICS), Some(DebugValue::Counter(1))),
+        "{values:?}"
+    );
+}
