@@ -219,3 +219,55 @@ async fn wait_until(condition: impl Fn() -> bool) {
     .await
     .expect("condition not reached in time");
 }
+
+/// B46 on paused time: at the stop deadline a connection that carried gRPC is polled a
+/// little longer (up to 3 ms), so the `grpc-status: 14` trailers its cut calls have just
+/// written reach the client before the socket closes.
+#[tokio::test(start_paused = true)]
+async fn a_cut_grpc_call_trailers_reach_the_client_before_the_close() {
+    use axum::body::{Body, Bytes};
+    use axum::routing::post;
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let shutdown = Shutdown::builder()
+        .stop_timeout(Duration::from_secs(1))
+        .build();
+    let app = axum::Router::new().route(
+        "/endless",
+        post(|| async {
+            let ticks = futures_util::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from_static(b"x")),
+                    (),
+                ))
+            });
+            Body::from_stream(ticks.boxed())
+        }),
+    );
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(httpdown::serve(listener, app, &shutdown).into_future());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(connector.connect()),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::post("http://test/endless")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(request).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    shutdown.trigger();
+    let trailers = loop {
+        match body.frame().await {
+            Some(Ok(frame)) if frame.is_trailers() => break frame.into_trailers().unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("the trailers never arrived: {other:?}"),
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    served(server).await;
+}

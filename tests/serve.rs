@@ -652,3 +652,21 @@ async fn a_layer_of_another_shutdown_inside_serve_counts_for_its_own() {
     serving.trigger();
     served(server).await;
 }
+
+/// The header-read timeout times a connection's idle spells only: a request that runs
+/// longer than it is never cut by it.
+#[tokio::test(start_paused = true)]
+async fn a_request_longer_than_the_header_read_timeout_completes() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/slow?ms=3000").await;
+    let text = read_until(&mut conn, "end\n").await;
+    assert!(text.contains("start\n"), "{text:?}");
+    shutdown.trigger();
+    served(server).await;
+}
