@@ -366,3 +366,30 @@ async fn after_next_request_keeps_a_busy_connection_for_its_next_request() {
     let report = served(server).await;
     assert_eq!(report.outcome(), Outcome::Drained);
 }
+
+/// `AfterNextRequest` on a connection busy at drain start: once its response is done the
+/// connection is held like an idle one, and a client that sends nothing more has it
+/// closed when the wait ends (2 s after drain start), not at the stop deadline.
+#[tokio::test(start_paused = true)]
+async fn after_next_request_closes_a_once_busy_connection_when_the_wait_ends() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (connector, server) = serve_on_pipe(
+        &shutdown,
+        IdleClose::AfterNextRequest(Duration::from_secs(2)),
+    );
+    let mut conn = connector.connect();
+    send_get(&mut conn, "/slow?ms=500").await;
+    read_until(&mut conn, "start\n").await;
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let text = read_until(&mut conn, "0\r\n\r\n").await;
+    assert!(text.contains("end\n"), "{text:?}");
+    let (rest, end) = read_to_end(&mut conn).await;
+    assert_eq!((rest.as_str(), end), ("", End::Eof));
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(2),
+        "closed when the wait ended"
+    );
+    served(server).await;
+}

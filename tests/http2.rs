@@ -629,3 +629,25 @@ async fn a_stream_completes_for_a_peer_that_never_answers_the_ping_and_the_conne
     assert_eq!(report.requests_at_drain(), 1, "{report}");
     assert_eq!(report.drain(), Duration::from_secs(5), "{report}");
 }
+
+/// The header-read timeout is HTTP/1's: an HTTP/2 connection idle for longer than it
+/// stays open and serves its next stream.
+#[tokio::test(start_paused = true)]
+async fn an_idle_h2_connection_outlives_the_header_read_timeout() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .into_future(),
+    );
+    let mut h2 = H2::handshake(connector.connect(), true).await;
+    h2.get(1, "/").await;
+    h2.until(|h2| h2.end_of(1).is_some()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h2.get(3, "/").await;
+    h2.until(|h2| h2.end_of(3).is_some()).await;
+    assert_eq!(h2.body(3), "hello", "{h2:#?}");
+    shutdown.trigger();
+    served(server).await;
+}

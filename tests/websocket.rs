@@ -343,3 +343,29 @@ async fn an_h2_websocket_that_ignores_the_drain_is_force_closed_at_the_stop_dead
         "{report}"
     );
 }
+
+/// The header-read timeout times HTTP/1 requests only: an upgraded connection idle for
+/// longer than it keeps working.
+#[tokio::test(start_paused = true)]
+async fn an_idle_websocket_outlives_the_header_read_timeout() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, ws_app(), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .into_future(),
+    );
+    let (mut client, _) = tokio_tungstenite::client_async("ws://test/plain", connector.connect())
+        .await
+        .expect("websocket handshake");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.send(WsMessage::text("ping")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        WsMessage::text("ping"),
+        "still open after 3 s idle, with a 1 s header-read timeout"
+    );
+    shutdown.escalate();
+    drop(client);
+    served(server).await;
+}
