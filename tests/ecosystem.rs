@@ -299,3 +299,14 @@ async fn a_unix_socket_can_be_served_again_after_a_shutdown() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A service with backpressure (tower's concurrency limit, which must be polled ready
+/// before each call) is driven as tower requires: `serve` asks it to be ready first.
+#[tokio::test]
+async fn a_service_with_backpressure_is_polled_ready_before_each_call() {
+    let limited = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(Router::new().route("/", axum::routing::get(|| async { "hello" })));
+    let (body, _) = get_body_from(tower::make::Shared::new(limited)).await;
+    assert_eq!(body, "hello");
+}
