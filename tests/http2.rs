@@ -175,6 +175,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2<S> {
             .await;
     }
 
+    /// Opens stream `stream` with a bodiless gRPC-like `POST path`
+    /// (`content-type: application/grpc`).
+    async fn grpc_post(&mut self, stream: u32, path: &str) {
+        // :method POST, :scheme http (static table, indexed).
+        let mut block = vec![0x83, 0x86];
+        assert!(path.len() < 127);
+        block.extend_from_slice(&[0x04, path.len() as u8]);
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 4]);
+        block.extend_from_slice(b"test");
+        // content-type, literal without indexing, name index 31 (4-bit prefix: 15 + 16).
+        let value = b"application/grpc";
+        block.extend_from_slice(&[0x0f, 0x10, value.len() as u8]);
+        block.extend_from_slice(value);
+        self.send(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+            .await;
+    }
+
     async fn ping(&mut self, payload: [u8; 8]) {
         self.send(PING, 0, 0, &payload).await;
     }
@@ -650,4 +668,33 @@ async fn an_idle_h2_connection_outlives_the_header_read_timeout() {
     assert_eq!(h2.body(3), "hello", "{h2:#?}");
     shutdown.trigger();
     served(server).await;
+}
+
+/// A plain (not gRPC) HTTP/2 response still streaming at the stop deadline is cut: its
+/// stream never ends cleanly (no END_STREAM, no trailers), so the client cannot take it
+/// for a complete response; also on a connection that carried gRPC too (whose close waits
+/// for gRPC trailers to be flushed).
+#[tokio::test(start_paused = true)]
+async fn a_plain_h2_stream_cut_at_the_stop_deadline_never_ends_cleanly() {
+    for with_grpc in [false, true] {
+        let shutdown = shutdown(Duration::from_secs(1));
+        let (listener, connector) = channel_listener();
+        let server =
+            tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+        let mut h2 = H2::handshake(connector.connect(), true).await;
+        if with_grpc {
+            h2.grpc_post(1, "/").await;
+            h2.until(|h2| h2.end_of(1).is_some()).await;
+        }
+        h2.get(3, "/stream").await;
+        h2.until(|h2| h2.body(3).contains("tick\n")).await;
+        shutdown.trigger();
+        let _ = h2.read_to_eof().await;
+        assert!(
+            h2.end_of(3).is_none(),
+            "with_grpc {with_grpc}: the cut stream ended as if complete: {:#?}",
+            h2.on_stream(3)
+        );
+        served(server).await;
+    }
 }
