@@ -4,15 +4,18 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::demo_binary;
 use httpdown::restart::{UpgradeError, Upgrader};
 use httpdown::Shutdown;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -22,48 +25,6 @@ use tokio::sync::mpsc;
 
 /// Upper bound for a start, an upgrade or an exit.
 const BOUND: Duration = Duration::from_secs(20);
-
-/// The demo binary `cargo test` built next to this test (see `tests/demo.rs`).
-fn demo_binary() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target dir");
-        let binary = profile_dir.join("examples").join("httpdown_example");
-        let hint = "run `cargo test --all-features` (which builds the examples), or \
-                    `cargo build --all-features --example httpdown_example` first";
-        let built = std::fs::metadata(&binary)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| panic!("no demo binary at {}: {hint}", binary.display()));
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let newest_source = [root.join("src"), root.join("examples/httpdown_example.rs")]
-            .iter()
-            .filter_map(|path| newest_mtime(path))
-            .max();
-        assert!(
-            !matches!(newest_source, Some(source) if source > built),
-            "the demo binary at {} is older than the sources: {hint}",
-            binary.display()
-        );
-        binary
-    })
-}
-
-/// The newest modification time of `path` or any file under it.
-fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_dir() {
-        std::fs::read_dir(path)
-            .ok()?
-            .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
-            .max()
-    } else {
-        meta.modified().ok()
-    }
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("httpdown-restart-{}", std::process::id()));
@@ -498,6 +459,83 @@ async fn ws_client(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Quick requests (`GET /?duration=0s`, a new connection each) from a few tasks until
+/// stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tally: Arc<Tally>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, workers: usize) -> Load {
+        let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        one_shot(addr, "/?duration=0s", &tally).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks, tally }
+    }
+
+    /// Stops the clients and returns what they saw.
+    async fn stop(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(BOUND, task)
+                .await
+                .unwrap_or_else(|_| panic!("the load did not stop: {}", self.tally.summary()))
+                .unwrap();
+        }
+        self.tally
+    }
+}
+
+/// Upgrades the newest generation by SIGHUP `times` times, `every` apart: each time the
+/// next start line (on `addr`), then the old process gone. Returns, for each upgrade, the
+/// time from the signal to the new start line.
+async fn upgrade(
+    generations: &mut Generations,
+    addr: SocketAddr,
+    pids: &mut Vec<u32>,
+    reaper: &Reaper,
+    times: usize,
+    every: Duration,
+) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for upgrade in 0..times {
+        tokio::time::sleep(every).await;
+        let old = *pids.last().unwrap();
+        let signalled = std::time::Instant::now();
+        kill(old, "HUP");
+        let (new_addr, new_pid) = generations.next().await;
+        took.push(signalled.elapsed());
+        assert_eq!(new_addr, addr, "upgrade {upgrade}: the same address");
+        assert_ne!(new_pid, old);
+        reaper.watch(new_pid);
+        pids.push(new_pid);
+        wait_gone(old).await;
+    }
+    took
+}
+
+/// Every generation in `pids` served, and nothing failed.
+fn assert_all_served(tally: &Tally, pids: &[u32]) {
+    assert_eq!(tally.failures(), 0, "{}", tally.summary());
+    let served_by = tally.pids.lock().unwrap().clone();
+    assert_eq!(
+        served_by,
+        pids.iter().copied().collect(),
+        "every generation served: {}",
+        tally.summary()
+    );
 }
 
 /// B51, B53: five upgrades by SIGHUP under load (new connections, keep-alive POSTs,
@@ -959,7 +997,6 @@ async fn systemd_hears_ready_reloading_mainpid_and_stopping() {
 /// counted and reported, never failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_port_upgrades_lose_nothing() {
-    const UPGRADES: usize = 3;
     // A fixed port: each generation binds the address it is given, and port 0 would
     // give each its own.
     let port = {
@@ -971,62 +1008,38 @@ async fn reuse_port_upgrades_lose_nothing() {
         Generations::start(&["--reuse-port", "--addr", &listen]).await;
     let reaper = Reaper::default();
     reaper.watch(first_pid);
-    let tally = Arc::new(Tally::default());
-    let slow_connects = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..6 {
-        let (tally, stop, slow) = (
-            Arc::clone(&tally),
-            Arc::clone(&stop),
-            Arc::clone(&slow_connects),
-        );
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let started = std::time::Instant::now();
-                one_shot(addr, "/?duration=0s", &tally).await;
-                if started.elapsed() > Duration::from_millis(500) {
-                    slow.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let load = Load::start(addr, 6);
     let mut pids = vec![first_pid];
-    for upgrade in 0..UPGRADES {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let old = *pids.last().unwrap();
-        kill(old, "HUP");
-        let (new_addr, new_pid) = generations.next().await;
-        assert_eq!(new_addr, addr, "upgrade {upgrade}: the same address");
-        reaper.watch(new_pid);
-        pids.push(new_pid);
-        wait_gone(old).await;
-    }
+    upgrade(
+        &mut generations,
+        addr,
+        &mut pids,
+        &reaper,
+        3,
+        Duration::from_millis(500),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        tokio::time::timeout(BOUND, task)
-            .await
-            .unwrap_or_else(|_| panic!("the load did not stop: {}", tally.summary()))
-            .unwrap();
-    }
+    let tally = load.stop().await;
     let last = *pids.last().unwrap();
     kill(last, "TERM");
     wait_gone(last).await;
     let stderr = generations.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        tally.failures(),
-        0,
-        "requests lost across SO_REUSEPORT upgrades: {}",
-        tally.summary()
-    );
+    assert_all_served(&tally, &pids);
+    // Connects that waited for their SYN retransmit (tcp_migrate_req = 0), reported.
+    let slow_connects = tally
+        .latencies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, latency)| *latency > Duration::from_millis(500))
+        .count();
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
     eprintln!(
-        "SO_REUSEPORT upgrades (tcp_migrate_req = {}): {}; connects over 500 ms: {}",
+        "SO_REUSEPORT upgrades (tcp_migrate_req = {}): {}; requests over 500 ms: {slow_connects}",
         migrate.trim(),
-        tally.summary(),
-        slow_connects.load(Ordering::Relaxed)
+        tally.summary()
     );
 }
 
@@ -1040,38 +1053,23 @@ async fn a_slow_start_up_stalls_nothing_and_leaks_no_descriptor() {
     let reaper = Reaper::default();
     reaper.watch(first_pid);
     let fds_at_start = open_fds(first_pid);
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    one_shot(addr, "/?duration=0s", &tally).await;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(addr, 4);
     let mut pids = vec![first_pid];
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let old = *pids.last().unwrap();
-        let signalled = std::time::Instant::now();
-        kill(old, "HUP");
-        let (_, new_pid) = generations.next().await;
-        reaper.watch(new_pid);
-        assert!(
-            signalled.elapsed() >= Duration::from_secs(1),
-            "the new generation was ready before its start-up ended"
-        );
-        pids.push(new_pid);
-        wait_gone(old).await;
-    }
+    let took = upgrade(
+        &mut generations,
+        addr,
+        &mut pids,
+        &reaper,
+        2,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        took.iter().all(|took| *took >= Duration::from_secs(1)),
+        "a new generation was ready before its start-up ended: {took:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
-    }
+    let tally = load.stop().await;
     let last = *pids.last().unwrap();
     // The clients are gone; the server's side of their connections closes at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1079,14 +1077,7 @@ async fn a_slow_start_up_stalls_nothing_and_leaks_no_descriptor() {
     kill(last, "TERM");
     wait_gone(last).await;
 
-    assert_eq!(tally.failures(), 0, "{}", tally.summary());
-    let served_by = tally.pids.lock().unwrap().clone();
-    assert_eq!(
-        served_by,
-        pids.iter().copied().collect(),
-        "{}",
-        tally.summary()
-    );
+    assert_all_served(&tally, &pids);
     let mut latencies: Vec<Duration> = tally
         .latencies
         .lock()
@@ -1140,7 +1131,6 @@ async fn an_activated_demo_upgrades_under_load() {
     let mut generations = Generations::spawn(command);
     // The tool runs the demo at the first connection.
     let addr: SocketAddr = listen.parse().unwrap();
-    let tally = Arc::new(Tally::default());
     tokio::time::timeout(BOUND, async {
         while TcpStream::connect(addr).await.is_err() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1152,43 +1142,22 @@ async fn an_activated_demo_upgrades_under_load() {
     assert_eq!(first_addr, addr, "the demo serves the activated socket");
     let reaper = Reaper::default();
     reaper.watch(first_pid);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    one_shot(addr, "/?duration=0s", &tally).await;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(addr, 4);
     let mut pids = vec![first_pid];
-    for _ in 0..UPGRADES {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let old = *pids.last().unwrap();
-        kill(old, "HUP");
-        let (new_addr, new_pid) = generations.next().await;
-        assert_eq!(new_addr, addr);
-        reaper.watch(new_pid);
-        pids.push(new_pid);
-        wait_gone(old).await;
-    }
+    upgrade(
+        &mut generations,
+        addr,
+        &mut pids,
+        &reaper,
+        UPGRADES,
+        Duration::from_millis(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        tokio::time::timeout(BOUND, task).await.unwrap().unwrap();
-    }
+    let tally = load.stop().await;
     let last = *pids.last().unwrap();
     kill(last, "TERM");
     wait_gone(last).await;
-    assert_eq!(tally.failures(), 0, "{}", tally.summary());
-    let served_by = tally.pids.lock().unwrap().clone();
-    assert_eq!(
-        served_by,
-        pids.iter().copied().collect(),
-        "{}",
-        tally.summary()
-    );
+    assert_all_served(&tally, &pids);
     eprintln!("activated, {UPGRADES} upgrades: {}", tally.summary());
 }

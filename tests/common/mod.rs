@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,4 +226,52 @@ pub async fn served_in_time(server: JoinHandle<Result<Report, Error>>) -> Report
     tokio::time::timeout(BOUND, served(server))
         .await
         .expect("serve did not return in time")
+}
+
+/// The demo binary, which `cargo test` builds next to this test (it builds every
+/// example). It is not built here: a nested cargo would wait on the lock the running
+/// `cargo test` may hold. A missing or stale binary (for example after
+/// `cargo test --test demo` alone, which builds no example) is a clear failure.
+pub fn demo_binary() -> &'static PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/demo-HASH -> target/<profile>/examples/httpdown_example
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target dir");
+        let binary = profile_dir.join("examples").join("httpdown_example");
+        let hint = "run `cargo test --all-features` (which builds the examples), or \
+                    `cargo build --all-features --example httpdown_example` first";
+        let built = std::fs::metadata(&binary)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| panic!("no demo binary at {}: {hint}", binary.display()));
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newest_source = newest_mtime(&root.join("src"))
+            .into_iter()
+            .chain(newest_mtime(&root.join("examples/httpdown_example.rs")))
+            .max();
+        if let Some(source) = newest_source {
+            assert!(
+                built >= source,
+                "the demo binary at {} is older than the sources: {hint}",
+                binary.display()
+            );
+        }
+        binary
+    })
+}
+
+/// The newest modification time of `path` or any file under it.
+pub fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
+            .max()
+    } else {
+        meta.modified().ok()
+    }
 }
