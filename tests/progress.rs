@@ -40,6 +40,19 @@ impl Write for Captured {
 }
 
 impl Captured {
+    /// Captures this thread's `INFO` lines (without time or target) until the guard goes.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
     fn lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
@@ -53,15 +66,7 @@ impl Captured {
 #[tokio::test(start_paused = true)]
 async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = captured.install();
 
     let shutdown = Shutdown::builder()
         .drain_delay(Duration::from_millis(1_500))
@@ -118,15 +123,7 @@ async fn progress_lines_say_what_is_left_and_when_the_deadline_falls() {
 #[tokio::test(start_paused = true)]
 async fn the_chosen_progress_interval_is_used_and_zero_turns_it_off() {
     let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = captured.install();
     let progress_lines = |captured: &Captured| -> Vec<String> {
         captured
             .lines()

@@ -822,11 +822,7 @@ async fn socket_activation_serves_the_inherited_socket() {
         eprintln!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
         return;
     };
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut child = Command::new(&tool)
         .args(["-l", &listen, "--fdname=http"])
         .arg(demo_binary())
@@ -895,6 +891,13 @@ async fn socket_activation_serves_the_inherited_socket() {
         stderr.contains("is not a TCP or Unix stream socket"),
         "{stderr}"
     );
+}
+
+/// A loopback address whose port was free a moment ago, for a process that binds it
+/// itself (port 0 would give each generation its own).
+fn free_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().to_string()
 }
 
 fn which(tool: &str) -> Result<PathBuf, ()> {
@@ -997,13 +1000,7 @@ async fn systemd_hears_ready_reloading_mainpid_and_stopping() {
 /// counted and reported, never failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuse_port_upgrades_lose_nothing() {
-    // A fixed port: each generation binds the address it is given, and port 0 would
-    // give each its own.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let (mut generations, addr, first_pid) =
         Generations::start(&["--reuse-port", "--addr", &listen]).await;
     let reaper = Reaper::default();
@@ -1118,11 +1115,7 @@ async fn an_activated_demo_upgrades_under_load() {
         eprintln!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
         return;
     };
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_address();
     let mut command = Command::new(&tool);
     command
         .args(["-l", &listen, "--fdname=http"])
