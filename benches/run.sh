@@ -2,7 +2,7 @@
 # Regenerates BENCHMARKS.md: every table, the raw results in benches/results/, and the
 # plot of shutdown time against idle connections. Run from anywhere:
 #
-#   bash benches/run.sh             # the full run (about 15 minutes on 2 cores)
+#   bash benches/run.sh             # the full run (about 25 minutes on 2 cores)
 #   QUICK=1 bash benches/run.sh     # fewer repetitions, shorter runs (a smoke test)
 #
 # Installs what it needs with apt-get if missing (wrk, nghttp2-client, gnuplot-nox).
@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 OUT=benches/results
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ "${QUICK:-0}" = 1 ]; then
-    LAYER_RUNS=1 LAYER_TIME=1 IDLE_REPS=1 LAST_REPS=2 FORCE_REPS=1 MEM_REPS=1
+    LAYER_RUNS=1 LAYER_TIME=1 IDLE_REPS=1 LAST_REPS=2 FORCE_REPS=1 MEM_REPS=1 RESTART_REPS=1
     export ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-2}
 else
-    LAYER_RUNS=7 LAYER_TIME=3 IDLE_REPS=7 LAST_REPS=10 FORCE_REPS=7 MEM_REPS=3
+    LAYER_RUNS=7 LAYER_TIME=3 IDLE_REPS=7 LAST_REPS=10 FORCE_REPS=7 MEM_REPS=3 RESTART_REPS=3
     export ROUNDS=${ROUNDS:-7} DURATION=${DURATION:-10}
 fi
 export OUT
@@ -212,6 +212,9 @@ bash benches/load.sh
 echo "== instructions per request, servers"
 bash benches/instructions.sh
 
+echo "== restarts"
+REPS=$RESTART_REPS bash benches/restart.sh
+
 echo "== plot"
 gnuplot <<GNUPLOT
 set terminal svg size 720,440 dynamic font "sans,13" background rgb "white"
@@ -256,14 +259,5 @@ verdict() { awk "BEGIN { print ($1) ? \"met\" : \"**missed**\" }"; }
 } >"$OUT/targets.md"
 cat "$OUT/targets.md"
 
-echo "== BENCHMARKS.md"
-awk -v out="$OUT" '
-/^@@[a-z.]+@@$/ {
-    f = out "/" substr($0, 3, length($0) - 4) ".md"
-    while ((getline line < f) > 0) print line
-    close(f)
-    next
-}
-{ print }' benches/BENCHMARKS.md.in >BENCHMARKS.md
+bash benches/assemble.sh
 rm -f "$OUT"/*.sum
-echo "wrote BENCHMARKS.md"

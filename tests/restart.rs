@@ -2,7 +2,7 @@
 //! load (B51, B53), rollback of a new process that fails (B52), the PID file, and
 //! socket activation (B50).
 
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -32,7 +32,7 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Whether `pid` is gone (or a zombie waiting for a parent that is not this process).
+/// Whether `pid` is gone (or a zombie waiting for its parent to read its exit status).
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -50,6 +50,32 @@ async fn wait_gone(pid: u32) {
     })
     .await
     .unwrap_or_else(|_| panic!("pid {pid} still runs"));
+}
+
+/// Makes this test process the parent of the orphans its descendants leave (a child
+/// subreaper), so that an old generation, whose parent exited before it, becomes this
+/// process's zombie on exit: [`reap`] then reads its exit status, and no zombie is left to
+/// whatever init the machine runs.
+fn adopt_orphans() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// Reads the exit status of `pid`, an exited descendant adopted by [`adopt_orphans`]
+/// (blocks until it exits). Its code if it exited, else the signal that killed it.
+fn reap(pid: u32) -> Result<i32, String> {
+    let raw = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    match rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::empty()) {
+        Ok(Some((_, status))) => match status.exit_status() {
+            Some(code) => Ok(code),
+            None => Err(format!("pid {pid} ended by {status:?}")),
+        },
+        Ok(None) => Err(format!("pid {pid}: no status")),
+        Err(e) => Err(format!("pid {pid} is not this process's to reap: {e}")),
+    }
 }
 
 /// Kills the processes a test started, should the test fail before it stops them.
@@ -545,6 +571,7 @@ fn assert_all_served(tally: &Tally, pids: &[u32]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_under_load_lose_nothing() {
     const UPGRADES: usize = 20;
+    adopt_orphans();
     let pid_file = scratch("demo.pid");
     let (mut generations, addr, first_pid) = Generations::start(&[
         "--pid-file",
@@ -609,6 +636,11 @@ async fn sighup_upgrades_under_load_lose_nothing() {
         reaper.watch(new_pid);
         pids.push(new_pid);
         wait_gone(old).await;
+        if upgrade > 0 {
+            // The first generation is the test's own child, waited for below; the others
+            // are orphans adopted by this process.
+            assert_eq!(reap(old), Ok(0), "generation {old} exits 0 after its drain");
+        }
         pid_file_names(&pid_file, new_pid).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -628,6 +660,14 @@ async fn sighup_upgrades_under_load_lose_nothing() {
     let last = *pids.last().unwrap();
     kill(last, "TERM");
     wait_gone(last).await;
+    assert_eq!(reap(last), Ok(0), "the last generation exits 0 on SIGTERM");
+    // No zombie left: every generation's status was read, and none left a child behind.
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is still in the process table"
+        );
+    }
     let stderr = generations.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(
@@ -1021,6 +1061,14 @@ async fn reuse_port_upgrades_lose_nothing() {
     let last = *pids.last().unwrap();
     kill(last, "TERM");
     wait_gone(last).await;
+    assert_eq!(reap(last), Ok(0), "the last generation exits 0 on SIGTERM");
+    // No zombie left: every generation's status was read, and none left a child behind.
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is still in the process table"
+        );
+    }
     let stderr = generations.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_all_served(&tally, &pids);
