@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
@@ -44,6 +44,33 @@ impl Step {
     }
 }
 
+/// What kind of shutdown this is, decided once, before the trigger, by whichever trigger
+/// comes first (stored in [`Lifecycle`] as a `u8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Mode {
+    /// Not triggered yet.
+    Undecided = 0,
+    /// A real stop: the address goes unserved.
+    Stop = 1,
+    /// A handover to the next generation, which serves sockets of its own on the same
+    /// address.
+    Handover = 2,
+    /// A handover whose next generation serves this process's listening sockets.
+    HandoverShared = 3,
+}
+
+impl Mode {
+    fn from_u8(value: u8) -> Mode {
+        match value {
+            0 => Mode::Undecided,
+            1 => Mode::Stop,
+            2 => Mode::Handover,
+            _ => Mode::HandoverShared,
+        }
+    }
+}
+
 /// See the [module documentation](self).
 #[derive(Debug)]
 pub(crate) struct Lifecycle {
@@ -69,12 +96,9 @@ pub(crate) struct Lifecycle {
     servers: TaskTracker,
     /// Background work registered with the shutdown (`Shutdown::spawn`).
     background: TaskTracker,
-    /// A handover to the next generation of the process: set before the trigger, never
-    /// cleared.
-    handover: AtomicBool,
-    /// In that handover, the next generation serves this process's listening sockets
-    /// themselves (rather than sockets of its own on the same address).
-    sockets_shared: AtomicBool,
+    /// The [`Mode`], decided by one compare-and-swap before the step leaves `Running`, so
+    /// a handover and a plain trigger racing each other agree on which one it is.
+    mode: AtomicU8,
 }
 
 impl Default for Lifecycle {
@@ -91,8 +115,7 @@ impl Default for Lifecycle {
             tasks: TaskTracker::new(),
             servers: TaskTracker::new(),
             background: TaskTracker::new(),
-            handover: AtomicBool::new(false),
-            sockets_shared: AtomicBool::new(false),
+            mode: AtomicU8::new(Mode::Undecided as u8),
         }
     }
 }
@@ -138,30 +161,48 @@ impl Lifecycle {
         self.token(step).clone().cancelled_owned()
     }
 
-    /// Marks the shutdown as a handover (before triggering it), whose next generation
-    /// serves this process's own listening sockets if `sockets_shared`; `false` if it had
-    /// already been triggered, which a handover can no longer change.
-    pub(crate) fn hand_over(&self, sockets_shared: bool) -> bool {
-        if self.reached(Step::Triggered) {
-            return self.is_handover();
+    /// Decides the kind of shutdown, unless a trigger decided it before; returns the
+    /// kind in force. Called by every trigger before it reaches `Triggered`.
+    pub(crate) fn decide(&self, mode: Mode) -> Mode {
+        // AcqRel: the winner's decision is published before its trigger, and a loser
+        // reads the winner's.
+        match self.mode.compare_exchange(
+            Mode::Undecided as u8,
+            mode as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => mode,
+            Err(decided) => Mode::from_u8(decided),
         }
-        self.sockets_shared.store(sockets_shared, Ordering::Relaxed);
-        // Release pairs with the acquire in `is_handover` (and publishes `sockets_shared`
-        // with it); the trigger that follows publishes both with the step as well.
-        self.handover.store(true, Ordering::Release);
-        true
+    }
+
+    /// Decides a handover to the next generation (before triggering it), whose next
+    /// generation serves this process's own listening sockets if `sockets_shared`.
+    /// Whether the shutdown is a handover: `false` if a plain trigger came first.
+    pub(crate) fn hand_over(&self, sockets_shared: bool) -> bool {
+        let mode = if sockets_shared {
+            Mode::HandoverShared
+        } else {
+            Mode::Handover
+        };
+        matches!(self.decide(mode), Mode::Handover | Mode::HandoverShared)
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Acquire))
     }
 
     /// Whether the listening sockets themselves go on being served by the next
     /// generation (a handover that passed them on).
     pub(crate) fn listeners_handed_over(&self) -> bool {
-        self.is_handover() && self.sockets_shared.load(Ordering::Relaxed)
+        self.mode() == Mode::HandoverShared
     }
 
     /// Whether the listeners are handed over to the next generation of the process.
     #[inline]
     pub(crate) fn is_handover(&self) -> bool {
-        self.handover.load(Ordering::Acquire)
+        matches!(self.mode(), Mode::Handover | Mode::HandoverShared)
     }
 
     /// Asks the driver to force-close now.
@@ -346,6 +387,34 @@ mod tests {
         assert!(!lifecycle.token(Step::ForceClosing).is_cancelled());
         assert!(!lifecycle.token(Step::Running).is_cancelled());
         assert!(!lifecycle.reach(Step::DrainStarted), "reached once");
+    }
+
+    #[test]
+    fn the_first_trigger_decides_stop_or_handover_for_good() {
+        let lifecycle = Lifecycle::default();
+        assert!(!lifecycle.is_handover());
+        assert_eq!(lifecycle.decide(Mode::Stop), Mode::Stop);
+        assert!(!lifecycle.hand_over(true), "a plain trigger came first");
+        assert!(!lifecycle.is_handover());
+        assert!(!lifecycle.listeners_handed_over());
+
+        let lifecycle = Lifecycle::default();
+        assert!(lifecycle.hand_over(false));
+        assert_eq!(
+            lifecycle.decide(Mode::Stop),
+            Mode::Handover,
+            "stays a handover"
+        );
+        assert!(lifecycle.hand_over(true), "still the first handover");
+        assert!(lifecycle.is_handover());
+        assert!(
+            !lifecycle.listeners_handed_over(),
+            "its own sockets, not shared"
+        );
+
+        let lifecycle = Lifecycle::default();
+        assert!(lifecycle.hand_over(true));
+        assert!(lifecycle.listeners_handed_over());
     }
 
     struct Count(std::sync::atomic::AtomicUsize);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::driver::Driver;
-use crate::lifecycle::{Lifecycle, Step};
+use crate::lifecycle::{Lifecycle, Mode, Step};
 use crate::report::{Limit, Report};
 use crate::stats::Counters;
 use crate::task::{catch_panics, Task};
@@ -329,6 +329,8 @@ impl Shutdown {
     /// Triggers, saying what did (a signal's name) in the one line it logs.
     pub(crate) fn trigger_by(&self, cause: Option<&dyn fmt::Display>) {
         let config = &self.shared.config;
+        // A plain trigger decides a stop unless a handover was decided before it.
+        self.lifecycle().decide(Mode::Stop);
         if self.lifecycle().reach(Step::Triggered) {
             let (stop, kill, delay) = (
                 Limit(config.stop_timeout),
