@@ -52,6 +52,9 @@ pub enum ConfigError {
     /// [`Serve::header_read_timeout`](crate::Serve::header_read_timeout) was zero.
     #[error("header_read_timeout must be greater than zero; pass None to disable it")]
     ZeroHeaderReadTimeout,
+    /// [`Serve::idle_timeout`](crate::Serve::idle_timeout) was zero.
+    #[error("idle_timeout must be greater than zero; pass None to keep idle connections open, or turn keep-alive off with Http1Settings::keep_alive(false)")]
+    ZeroIdleTimeout,
     /// An HTTP/1 or HTTP/2 setting out of the range hyper accepts.
     #[error("{setting} must be {allowed}")]
     OutOfRange {

@@ -176,7 +176,8 @@ pub use request::ForceClosed;
 pub use serve::{
     listen_and_serve, serve, ConnectionWatcher, Http1Settings, Http2Settings, IdleClose,
     IncomingConnection, Listener, MakeService, PendingInput, Serve, ServeFuture, WatchedIo,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_NEW_CONNECTION_GRACE, HANDOVER_IDLE_WAIT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NEW_CONNECTION_GRACE,
+    HANDOVER_IDLE_WAIT,
 };
 pub use shutdown::{
     Builder, Phase, SecondSignal, Shutdown, DEFAULT_PROGRESS_INTERVAL, DEFAULT_TIMEOUT,

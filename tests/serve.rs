@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use httpdown::{Error, Outcome, Shutdown};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -669,4 +669,118 @@ async fn a_request_longer_than_the_header_read_timeout_completes() {
     assert!(text.contains("start\n"), "{text:?}");
     shutdown.trigger();
     served(server).await;
+}
+
+/// Reads until the server closes `conn` (after `hello`, nothing more may come) and
+/// returns how long after `since` that was.
+async fn closed_after(conn: &mut tokio::io::DuplexStream, since: Instant) -> Duration {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(3_600), conn.read(&mut buf))
+        .await
+        .expect("not closed within an hour");
+    assert_eq!(read.expect("a clean close"), 0, "nothing more before the close");
+    since.elapsed()
+}
+
+/// B66: an idle keep-alive connection is closed by the idle timeout, counted from the
+/// end of its last response, not by the (shorter) header-read timeout; a request sent
+/// within it is served, and the next idle spell counts afresh.
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_read_timeout() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(10))
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    read_until(&mut conn, "hello").await;
+    // Idle for 9.999 s, nine times the header-read timeout: still open.
+    tokio::time::sleep(Duration::from_millis(9_999)).await;
+    send_get(&mut conn, "/").await;
+    read_until(&mut conn, "hello").await;
+    let idle = Instant::now();
+    assert_eq!(
+        closed_after(&mut conn, idle).await,
+        Duration::from_secs(10),
+        "closed by the idle timeout, to the millisecond"
+    );
+    shutdown.trigger();
+    served(server).await;
+}
+
+/// B66: once the next request's first bytes arrive on an idle connection, the
+/// header-read timeout counts from them: a head begun 5 s into an idle spell and never
+/// finished is cut 1 s later, well before the idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_head_begun_on_an_idle_connection_gets_the_header_read_timeout_from_its_first_byte() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(Duration::from_secs(10))
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    read_until(&mut conn, "hello").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: te").await.unwrap();
+    let begun = Instant::now();
+    assert_eq!(
+        closed_after(&mut conn, begun).await,
+        Duration::from_secs(1),
+        "cut by the header-read timeout from the first byte"
+    );
+    // A connection's first request is timed from its accept: silent, it closes after the
+    // header-read timeout, not the idle timeout.
+    let accepted = Instant::now();
+    let mut silent = connector.connect();
+    assert_eq!(
+        closed_after(&mut silent, accepted).await,
+        Duration::from_secs(1)
+    );
+    shutdown.trigger();
+    served(server).await;
+}
+
+/// B66: `idle_timeout(None)` keeps an idle keep-alive connection open (here 1,000 s)
+/// until the drain; zero is a configuration error that says what to do instead.
+#[tokio::test(start_paused = true)]
+async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .header_read_timeout(Duration::from_secs(1))
+            .idle_timeout(None)
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    read_until(&mut conn, "hello").await;
+    tokio::time::sleep(Duration::from_secs(1_000)).await;
+    send_get(&mut conn, "/").await;
+    read_until(&mut conn, "hello").await;
+    let triggered = Instant::now();
+    shutdown.trigger();
+    assert_eq!(
+        closed_after(&mut conn, triggered).await,
+        Duration::ZERO,
+        "closed at drain start"
+    );
+    served(server).await;
+
+    let (listener, _connector) = channel_listener();
+    let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
+        .idle_timeout(Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("idle_timeout must be greater than zero")
+            && err.to_string().contains("keep_alive(false)"),
+        "{err}"
+    );
 }

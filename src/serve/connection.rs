@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -41,6 +41,8 @@ pub(crate) struct Closing {
     /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
     pub(crate) idle_close: Option<IdleClose>,
     pub(crate) header_read_timeout: Option<Duration>,
+    /// How long an HTTP/1 keep-alive connection may stay idle between requests.
+    pub(crate) idle_timeout: Option<Duration>,
     /// How long a connection that has sent nothing yet may take, from its accept, to
     /// begin its first request once the drain has started (B20).
     pub(crate) new_connection_grace: Duration,
@@ -51,6 +53,7 @@ impl Closing {
     pub(crate) const IMMEDIATELY: Closing = Closing {
         idle_close: Some(IdleClose::Immediately),
         header_read_timeout: None,
+        idle_timeout: None,
         new_connection_grace: Duration::ZERO,
     };
 
@@ -79,6 +82,12 @@ pub(crate) struct Connection {
     flags: AtomicU8,
     /// The drain-start probe for unread input, between the task and the IO.
     probe: Probe,
+    /// When the connection was accepted: the origin of `head_since`.
+    accepted_at: Instant,
+    /// When the first bytes of the next request arrived on the idle connection, as
+    /// nanoseconds after `accepted_at` plus one; 0 while none have. Written by the IO on
+    /// its first read after the connection goes idle (`AWAITING_HEAD`), read by the task.
+    head_since: AtomicU64,
 }
 
 /// A response switched protocols (`101`, or `2xx` to an extended CONNECT): the socket,
@@ -91,6 +100,9 @@ const HTTP2: u8 = 4;
 /// It carried a gRPC call: at the stop deadline it gets a moment to send the calls'
 /// `grpc-status` trailers before it is dropped.
 const GRPC: u8 = 8;
+/// The connection went idle after a request and has read nothing since: the IO records
+/// when the next request's first bytes arrive.
+const AWAITING_HEAD: u8 = 16;
 
 #[derive(Debug)]
 struct Activity {
@@ -109,17 +121,20 @@ impl Connection {
     /// The state of a connection just accepted.
     pub(crate) fn new(shutdown: Shutdown) -> Arc<Self> {
         shutdown.counters().accepted();
+        let now = Instant::now();
         Arc::new(Connection {
             shutdown,
             activity: Mutex::new(Activity {
                 active: 0,
                 started: 0,
-                idle_since: Instant::now(),
+                idle_since: now,
                 kind: ConnKind::New,
                 closed: false,
             }),
             flags: AtomicU8::new(0),
             probe: Probe::default(),
+            accepted_at: now,
+            head_since: AtomicU64::new(0),
         })
     }
 
@@ -163,8 +178,27 @@ impl Connection {
         activity.active = activity.active.saturating_sub(1);
         if activity.active == 0 {
             activity.idle_since = Instant::now();
+            self.head_since.store(0, Ordering::Relaxed);
+            self.set(AWAITING_HEAD);
             self.set_kind(&mut activity, ConnKind::Idle);
         }
+    }
+
+    /// The IO read bytes: on an idle connection, the next request has begun to arrive,
+    /// and from now on the header-read timeout counts rather than the idle timeout.
+    #[inline]
+    pub(crate) fn bytes_read(&self) {
+        if self.has(AWAITING_HEAD) {
+            self.head_began();
+        }
+    }
+
+    #[cold]
+    fn head_began(&self) {
+        self.flags.fetch_and(!AWAITING_HEAD, Ordering::Relaxed);
+        let since = self.accepted_at.elapsed().as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX - 1);
+        self.head_since.store(since + 1, Ordering::Relaxed);
     }
 
     /// The connection's socket closed.
@@ -180,14 +214,29 @@ impl Connection {
         self.activity().active > 0
     }
 
-    /// When an idle connection's header-read timeout falls (`timeout` after it went
-    /// idle); `None` while a request runs (or too far to count).
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+    /// When an idle HTTP/1 connection is closed: `header_read_timeout` after its accept
+    /// for its first request, or after the first bytes of a later one; `idle_timeout`
+    /// after its last response while nothing has arrived. `None` while a request runs
+    /// (or with no such timeout).
+    fn idle_deadline(
+        &self,
+        header_read_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Option<Instant> {
         let activity = self.activity();
         if activity.active > 0 {
             return None;
         }
-        activity.idle_since.checked_add(timeout)
+        if activity.started == 0 {
+            return activity.idle_since.checked_add(header_read_timeout?);
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => activity.idle_since.checked_add(idle_timeout?),
+            since => self
+                .accepted_at
+                .checked_add(Duration::from_nanos(since - 1))?
+                .checked_add(header_read_timeout?),
+        }
     }
 
     fn requests_started(&self) -> u64 {
@@ -420,15 +469,24 @@ where
 {
     let (drain, force) = (StepWait::new(), StepWait::new());
     tokio::pin!(drain, force);
-    let header_read_timeout = closing.header_read_timeout;
-    let first_deadline = header_read_timeout.and_then(|t| Instant::now().checked_add(t));
-    let header_timer = tokio::time::sleep_until(first_deadline.unwrap_or_else(far_future));
+    let (header_read_timeout, idle_timeout) = (closing.header_read_timeout, closing.idle_timeout);
+    // No deadline comes sooner than this after the moment it is computed (a head that
+    // begins later, or a connection that goes idle later, gets a later one): the timer
+    // is set this far ahead at most, and looked at when it fires.
+    let step = match (header_read_timeout, idle_timeout) {
+        (Some(header), Some(idle)) => Some(header.min(idle)),
+        (one, other) => one.or(other),
+    };
+    let first_check = step.and_then(|step| Instant::now().checked_add(step));
+    let header_timer = tokio::time::sleep_until(first_check.unwrap_or_else(far_future));
     tokio::pin!(header_timer);
     let mut watch = Watch {
         connection,
         drain,
         force,
-        header_read_timeout: header_read_timeout.filter(|_| first_deadline.is_some()),
+        header_read_timeout,
+        idle_timeout,
+        step: step.filter(|_| first_check.is_some()),
         header_timer,
         header_waker: None,
     };
@@ -516,8 +574,11 @@ struct Watch<'a> {
     drain: Pin<&'a mut StepWait>,
     force: Pin<&'a mut StepWait>,
     header_read_timeout: Option<Duration>,
-    /// Set to the earliest the header-read timeout can fire; moved later (to the idle
-    /// connection's real deadline) only when it fires.
+    idle_timeout: Option<Duration>,
+    /// The shorter of the two: `None` when neither is set.
+    step: Option<Duration>,
+    /// Set to the earliest the header-read or idle timeout can fall; moved on (to the
+    /// connection's deadline, or one `step` ahead) only when it fires.
     header_timer: Pin<&'a mut tokio::time::Sleep>,
     /// The waker `header_timer` is registered with: polled again only for another.
     header_waker: Option<std::task::Waker>,
@@ -527,7 +588,7 @@ impl Watch<'_> {
     /// Whether the header-read timeout has passed; otherwise makes sure the task wakes
     /// when it may.
     fn poll_timed_out(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(timeout) = self.header_read_timeout else {
+        let Some(step) = self.step else {
             return false;
         };
         // Registered with this waker and not due: nothing to look at (most polls).
@@ -543,7 +604,8 @@ impl Watch<'_> {
             return false;
         }
         // While a request runs there is nothing to time out; its end wakes this task.
-        let Some(deadline) = connection.idle_deadline(timeout) else {
+        let Some(deadline) = connection.idle_deadline(self.header_read_timeout, self.idle_timeout)
+        else {
             return false;
         };
         loop {
@@ -551,11 +613,14 @@ impl Watch<'_> {
                 self.header_waker = Some(cx.waker().clone());
                 return false;
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return true;
             }
-            // Fired for an earlier idle spell: wait for this one's deadline.
-            self.header_timer.as_mut().reset(deadline);
+            // Fired for an earlier idle spell, or early: wait for this one's deadline,
+            // or one step, after which a head begun meanwhile may be due.
+            let next = now.checked_add(step).map_or(deadline, |n| n.min(deadline));
+            self.header_timer.as_mut().reset(next);
         }
     }
 }

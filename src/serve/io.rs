@@ -155,6 +155,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for WatchedIo
         }
         let before = buf.filled().len();
         ready!(Pin::new(this.io()?).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            this.connection.bytes_read();
+        }
         if this.preface.is_open() && this.preface.read(&buf.filled()[before..]) {
             this.connection.mark_http2();
         }

@@ -107,6 +107,12 @@ const SETTLE_MAX: Duration = Duration::from_millis(250);
 /// The header-read timeout [`serve`] uses unless told otherwise.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The idle keep-alive timeout [`serve`] uses unless told otherwise: longer than the
+/// upstream keep-alive of the proxies in front of it (nginx and AWS load balancers keep
+/// idle connections 60 s, Google Cloud's load balancers 600 s), so that the proxy, not
+/// the instance, closes an idle connection, and never races a request it is sending.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(620);
+
 /// Timeouts at least this long are treated as none: hyper adds them to the clock, and
 /// a century is never in practice.
 pub(crate) const NO_TIMEOUT_AFTER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -167,6 +173,7 @@ where
         app,
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         idle_close: None,
         new_connection_grace: DEFAULT_NEW_CONNECTION_GRACE,
         http1: Http1Settings::default(),
@@ -222,6 +229,7 @@ pub struct Serve<L, M> {
     app: M,
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
     idle_close: Option<IdleClose>,
     new_connection_grace: Duration,
@@ -255,8 +263,10 @@ impl<L, M> Serve<L, M> {
 
     /// How long a client may take to send a complete HTTP/1 request head before its
     /// connection is closed (default 30 s; `None`, or a duration of a century or more,
-    /// disables it). Zero is an error ([`ConfigError::ZeroHeaderReadTimeout`]), returned
-    /// when the server is awaited.
+    /// disables it): counted from the accept for a connection's first request, and from
+    /// the first bytes of each later one (the wait for them is the
+    /// [`idle_timeout`](Serve::idle_timeout)'s). Zero is an error
+    /// ([`ConfigError::ZeroHeaderReadTimeout`]), returned when the server is awaited.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into().filter(|d| *d < NO_TIMEOUT_AFTER);
         if timeout == Some(Duration::ZERO) {
@@ -264,6 +274,27 @@ impl<L, M> Serve<L, M> {
                 .get_or_insert(ConfigError::ZeroHeaderReadTimeout);
         }
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long an HTTP/1 keep-alive connection may wait for its next request, from the
+    /// end of its last response until the request's first bytes, before it is closed
+    /// (default [`DEFAULT_IDLE_TIMEOUT`], 620 s; `None`, or a century or more, keeps idle
+    /// connections open until the client closes them or the drain starts).
+    ///
+    /// Behind a proxy or load balancer that keeps connections to this server alive, make
+    /// it longer than the proxy's own idle timeout for them (nginx's upstream
+    /// `keepalive_timeout`, an AWS ALB's idle timeout, ...): whichever side closes an idle
+    /// connection first races the other's next request on it, and only the proxy can
+    /// close it without losing that request. Zero is an error
+    /// ([`ConfigError::ZeroIdleTimeout`]), returned when the server is awaited.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        let timeout = timeout.into().filter(|d| *d < NO_TIMEOUT_AFTER);
+        if timeout == Some(Duration::ZERO) {
+            self.config_error
+                .get_or_insert(ConfigError::ZeroIdleTimeout);
+        }
+        self.idle_timeout = timeout;
         self
     }
 }
@@ -297,6 +328,7 @@ impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
             .field("listener", &self.listener)
             .field("shutdown", &self.shutdown)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("idle_close", &self.idle_close)
             .field("new_connection_grace", &self.new_connection_grace)
             .field("http1", &self.http1)
@@ -343,6 +375,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             app,
             shutdown,
             header_read_timeout,
+            idle_timeout,
             idle_close,
             new_connection_grace,
             http1,
@@ -372,6 +405,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             closing: Closing {
                 idle_close,
                 header_read_timeout,
+                idle_timeout,
                 new_connection_grace,
             },
         };
