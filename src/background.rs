@@ -129,3 +129,42 @@ impl<F: Future> Future for UntilForceClosing<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At the stop deadline, work given a grace (an HTTP/2 stream that carried gRPC) may
+    /// go on for that long, and no longer.
+    #[tokio::test(start_paused = true)]
+    async fn work_ending_within_its_grace_after_the_stop_deadline_is_kept() {
+        for (grace_ms, ends_ms, kept) in [(10, 5, true), (2, 5, false)] {
+            let shutdown = Shutdown::builder()
+                .stop_timeout(Duration::from_secs(1))
+                .kill_timeout(Duration::from_secs(1))
+                .build();
+            // Work that never ends holds the drain until the stop deadline.
+            let _held = shutdown.spawn(|_| std::future::pending::<()>()).unwrap();
+            let work = {
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.stop_deadline().await;
+                    tokio::time::sleep(Duration::from_millis(ends_ms)).await;
+                    7
+                }
+            };
+            let run = UntilForceClosing::new(
+                work,
+                shutdown.clone(),
+                Some(Duration::from_millis(grace_ms)),
+            );
+            shutdown.trigger();
+            let output = run.await;
+            assert_eq!(
+                output.is_some(),
+                kept,
+                "grace {grace_ms} ms, work ending {ends_ms} ms after the deadline"
+            );
+        }
+    }
+}

@@ -217,6 +217,18 @@ impl<F: Future> Future for Scoped<F> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_drain_reads_its_own_controller() {
+        let shutdown = Shutdown::new();
+        let drain = shutdown.drain();
+        assert!(!drain.is_started());
+        assert_eq!(format!("{drain:?}"), "Drain { phase: Running }");
+        drain.shutdown().trigger();
+        assert!(shutdown.is_triggered(), "the same controller");
+        shutdown.wait().await;
+        assert!(drain.is_started());
+    }
+
     #[test]
     fn the_current_drain_is_scoped_and_restored_even_on_panic() {
         let outer = Shutdown::new();

@@ -415,6 +415,36 @@ impl StdError for ForceClosed {}
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+
+    #[test]
+    fn grpc_is_a_post_over_http2_with_a_grpc_content_type() {
+        let request = |version, method, content_type: Option<&str>| {
+            let mut builder = http::Request::builder().version(version).method(method);
+            if let Some(content_type) = content_type {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+            }
+            builder.body(()).unwrap()
+        };
+        use http::{Method, Version};
+        let grpc = Some("application/grpc+proto");
+        assert!(is_grpc(&request(Version::HTTP_2, Method::POST, grpc)));
+        assert!(!is_grpc(&request(Version::HTTP_2, Method::GET, None)));
+        assert!(!is_grpc(&request(
+            Version::HTTP_2,
+            Method::POST,
+            Some("text/plain")
+        )));
+        assert!(!is_grpc(&request(Version::HTTP_11, Method::POST, grpc)));
+        assert!(!is_grpc(&request(Version::HTTP_11, Method::GET, None)));
+    }
+
+    #[test]
+    fn force_closed_says_what_happened() {
+        assert_eq!(
+            ForceClosed.to_string(),
+            "response force-closed at the shutdown's stop deadline"
+        );
+    }
     use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;

@@ -674,11 +674,23 @@ async fn a_request_longer_than_the_header_read_timeout_completes() {
 /// Reads until the server closes `conn` (after `hello`, nothing more may come) and
 /// returns how long after `since` that was.
 async fn closed_after(conn: &mut tokio::io::DuplexStream, since: Instant) -> Duration {
+    closed_within(conn, since, Duration::from_secs(3_600)).await
+}
+
+async fn closed_within(
+    conn: &mut tokio::io::DuplexStream,
+    since: Instant,
+    bound: Duration,
+) -> Duration {
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(3_600), conn.read(&mut buf))
+    let read = tokio::time::timeout(bound, conn.read(&mut buf))
         .await
-        .expect("not closed within an hour");
-    assert_eq!(read.expect("a clean close"), 0, "nothing more before the close");
+        .unwrap_or_else(|_| panic!("not closed within {bound:?}"));
+    assert_eq!(
+        read.expect("a clean close"),
+        0,
+        "nothing more before the close"
+    );
     since.elapsed()
 }
 
@@ -783,4 +795,79 @@ async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
             && err.to_string().contains("keep_alive(false)"),
         "{err}"
     );
+}
+
+/// Long timeouts still count: only a century or more means none (a year and a half here,
+/// on paused time), and the defaults are the documented ones (a silent connection closes
+/// after 30 s, an idle keep-alive connection after 620 s).
+#[tokio::test(start_paused = true)]
+async fn long_and_default_timeouts_are_kept() {
+    let long = Duration::from_secs(547 * 86_400);
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .idle_timeout(long)
+            // Alone, so the connection's timer is not looked at every 30 s for 1.5 years.
+            .header_read_timeout(None)
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    read_until(&mut conn, "hello").await;
+    let idle = Instant::now();
+    assert_eq!(closed_within(&mut conn, idle, long * 2).await, long);
+    shutdown.trigger();
+    served(server).await;
+
+    let shutdown = common::shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let serve = httpdown::serve(listener, app(Arc::default()), &shutdown);
+    let debug = format!("{serve:?}");
+    assert!(
+        debug.starts_with("Serve {")
+            && debug.contains("header_read_timeout: Some(30s)")
+            && debug.contains("idle_timeout: Some(620s)"),
+        "{debug}"
+    );
+    let serve = serve.into_future();
+    assert!(format!("{serve:?}").starts_with("ServeFuture"));
+    let server = tokio::spawn(serve);
+    let accepted = Instant::now();
+    let mut silent = connector.connect();
+    assert_eq!(
+        closed_after(&mut silent, accepted).await,
+        httpdown::DEFAULT_HEADER_READ_TIMEOUT
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    read_until(&mut conn, "hello").await;
+    let idle = Instant::now();
+    assert_eq!(
+        closed_after(&mut conn, idle).await,
+        httpdown::DEFAULT_IDLE_TIMEOUT
+    );
+    shutdown.trigger();
+    served(server).await;
+}
+
+/// A connection error from the listener while it is emptied at drain start (a client
+/// that gave up in the queue) skips that connection only: the one behind it is served.
+#[tokio::test(start_paused = true)]
+async fn a_connection_error_at_drain_start_skips_one_connection() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server =
+        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+    // Let the server wait in accept.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The trigger wakes the driver (drain start, no delay) before the server, which then
+    // finds both in its queue only once the drain has started.
+    shutdown.trigger();
+    connector.fail(io::Error::from(io::ErrorKind::ConnectionAborted));
+    let mut conn = get_request_on(&connector, "/").await;
+    let text = read_until(&mut conn, "hello").await;
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    served(server).await;
 }

@@ -149,6 +149,7 @@ pub async fn read_to_end<S: AsyncReadExt + Unpin>(stream: &mut S) -> (String, En
 
 /// An in-memory listener: each `connect` hands the server one end of a duplex pipe, so
 /// tests can run the real `serve` on paused time.
+#[derive(Debug)]
 pub struct ChannelListener {
     rx: mpsc::UnboundedReceiver<io::Result<DuplexStream>>,
 }
