@@ -301,6 +301,41 @@ impl Preface {
 mod tests {
     use super::*;
 
+    /// The probe sees bytes waiting on TCP and Unix sockets, and leaves them there.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn pending_input_is_seen_without_being_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut byte = [0u8; 1];
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        assert!(!server.has_pending_input(), "nothing sent yet");
+        assert!(!<tokio::net::TcpListener as crate::Listener>::has_pending_input(&server));
+        client.write_all(b"x").await.unwrap();
+        server.readable().await.unwrap();
+        assert!(server.has_pending_input(), "a byte is waiting");
+        assert!(
+            <tokio::net::TcpListener as crate::Listener>::has_pending_input(&server),
+            "the TCP listener's probe is the stream's"
+        );
+        server.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"x", "still there to read");
+        assert!(!server.has_pending_input(), "read");
+
+        let (mut server, mut client) = tokio::net::UnixStream::pair().unwrap();
+        assert!(!server.has_pending_input(), "nothing sent yet");
+        client.write_all(b"y").await.unwrap();
+        server.readable().await.unwrap();
+        assert!(server.has_pending_input(), "a byte is waiting");
+        server.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"y", "still there to read");
+        assert!(!server.has_pending_input(), "read");
+    }
+
     #[test]
     fn the_http2_preface_is_seen_across_short_reads() {
         for split in 1..PREFACE.len() {

@@ -228,6 +228,56 @@ impl AcceptError {
 mod tests {
     use super::*;
 
+    /// The handshake filter: a connection made before it is served, a connect after it
+    /// is never answered (every SYN, the retransmits too, is dropped), and a listener
+    /// marked shared gets no filter.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn stopped_handshakes_are_never_answered_unless_the_socket_is_shared() {
+        use std::time::Duration;
+        let connects = |addr| {
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+        };
+        let mut listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let before = connects(addr).await.expect("answered").unwrap();
+        assert!(listener.stop_handshakes().unwrap(), "filter attached");
+        assert!(
+            connects(addr).await.is_err(),
+            "a new connect is not answered"
+        );
+        let (accepted, _) = Listener::accept(&mut listener).await.unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), before.local_addr().unwrap());
+
+        let mut shared = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shared_addr = shared.local_addr().unwrap();
+        assert!(!is_shared(shared_addr));
+        mark_shared(shared_addr);
+        mark_shared(shared_addr);
+        assert!(is_shared(shared_addr) && !is_shared(addr));
+        assert_eq!(
+            SHARED
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| **a == shared_addr)
+                .count(),
+            1,
+            "marked once"
+        );
+        assert!(
+            !shared.stop_handshakes().unwrap(),
+            "no filter on a shared socket"
+        );
+        connects(shared_addr)
+            .await
+            .expect("still answered")
+            .unwrap();
+    }
+
     #[test]
     fn accept_errors_are_classified_portably() {
         let kind = |kind| AcceptError::of(&io::Error::from(kind));
