@@ -174,8 +174,9 @@ pub use layer::{Graceful, GracefulLayer, ResponseBody, ResponseFuture};
 pub use report::{Outcome, Report};
 pub use request::ForceClosed;
 pub use serve::{
-    listen_and_serve, serve, ConnectionWatcher, Http1Settings, Http2Settings, IdleClose,
-    IncomingConnection, Listener, MakeService, PendingInput, Serve, ServeFuture, WatchedIo,
+    listen_and_serve, serve, ConnectionWatcher, DiscardUnread, Discarding, DiscardingService,
+    Http1Settings, Http2Settings, IdleClose, IncomingConnection, Listener, MakeDiscarding,
+    MakeService, PendingInput, Serve, ServeFuture, UnreadBody, WatchedIo,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_NEW_CONNECTION_GRACE,
     HANDOVER_IDLE_WAIT,
 };

@@ -8,6 +8,7 @@
 //! - `executor.rs`: HTTP/2 stream tasks.
 
 mod connection;
+mod discard;
 mod executor;
 mod io;
 mod listener;
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 pub use self::io::{PendingInput, WatchedIo};
+pub use discard::{DiscardUnread, Discarding, DiscardingService, MakeDiscarding, UnreadBody};
 #[cfg(all(unix, feature = "restart"))]
 pub(crate) use listener::mark_shared;
 pub use listener::Listener;
@@ -300,6 +302,48 @@ impl<L, M> Serve<L, M> {
 }
 
 impl<L, M> Serve<L, M> {
+    /// Discards what a handler leaves unread of an HTTP/1 request body (B65), so that the
+    /// connection can carry the next request: the app's services get
+    /// `Request<`[`UnreadBody`]`>` instead of `Request<hyper::body::Incoming>`, which axum's
+    /// `Router` and tonic take as they are (a service written for `Incoming` is not served
+    /// this way). A body dropped before its end is read to its end and discarded on a
+    /// task of its own, within `limits` ([`DiscardUnread::new`]: 256 KiB within 1 s);
+    /// beyond them, and once the drain has started, the connection closes as without this
+    /// option. A request sent with `Expect: 100-continue` whose body was never read gets
+    /// no `100 Continue`: its body is not asked for.
+    ///
+    /// Off by default. Worth it behind a proxy that keeps connections alive and sends a
+    /// body after the head in a packet of its own (Caddy, Go's `ReverseProxy`): without it
+    /// an early answer (a 401, a 413, a redirect) closes the connection under the proxy's
+    /// next request.
+    ///
+    /// ```
+    /// # async fn run(listener: tokio::net::TcpListener, shutdown: httpdown::Shutdown) {
+    /// use axum::{routing::post, Router};
+    /// use httpdown::DiscardUnread;
+    ///
+    /// let app = Router::new().route("/upload", post(|| async { "401: log in first" }));
+    /// let serving = httpdown::serve(listener, app, &shutdown)
+    ///     .discard_unread_bodies(DiscardUnread::new());
+    /// # let _ = serving;
+    /// # }
+    /// ```
+    pub fn discard_unread_bodies(self, limits: DiscardUnread) -> Serve<L, Discarding<M>> {
+        Serve {
+            listener: self.listener,
+            app: Discarding::new(self.app, limits),
+            shutdown: self.shutdown,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            idle_close: self.idle_close,
+            new_connection_grace: self.new_connection_grace,
+            http1: self.http1,
+            http2: self.http2,
+            config_error: self.config_error,
+            registration: self.registration,
+        }
+    }
+
     /// hyper's HTTP/1 settings (header limits, keep-alive, buffer size). An invalid one
     /// is returned as [`Error::Config`] when the server is awaited.
     pub fn http1(mut self, settings: Http1Settings) -> Self {
