@@ -309,7 +309,7 @@ impl Http2Settings {
             h2.max_send_buf_size(v);
         }
         // hyper adds these to the clock: one too long for it means never.
-        if let Some(v) = self.keep_alive_interval.filter(|v| *v < NO_TIMEOUT_AFTER) {
+        if let Some(v) = ping_interval(self.keep_alive_interval) {
             h2.keep_alive_interval(v);
         }
         if let Some(v) = self.keep_alive_timeout {
@@ -327,9 +327,82 @@ impl Http2Settings {
     }
 }
 
+/// The keep-alive ping interval hyper gets: none for one it would overflow its clock with
+/// (a century or more means never).
+fn ping_interval(interval: Option<Duration>) -> Option<Duration> {
+    interval.filter(|v| *v < NO_TIMEOUT_AFTER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_setting_is_kept_for_hyper() {
+        let h1 = Http1Settings::new()
+            .keep_alive(false)
+            .half_close(true)
+            .max_headers(7)
+            .max_buf_size(9_000)
+            .title_case_headers(true)
+            .preserve_header_case(true)
+            .writev(false);
+        assert_eq!(
+            (
+                h1.keep_alive,
+                h1.half_close,
+                h1.max_headers,
+                h1.max_buf_size
+            ),
+            (Some(false), Some(true), Some(7), Some(9_000))
+        );
+        assert_eq!(
+            (h1.title_case_headers, h1.preserve_header_case, h1.writev),
+            (Some(true), Some(true), Some(false))
+        );
+        let h2 = Http2Settings::new()
+            .adaptive_window(true)
+            .max_header_list_size(1_024)
+            .keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .max_pending_accept_reset_streams(11)
+            .max_local_error_reset_streams(13);
+        assert_eq!(
+            (h2.adaptive_window, h2.max_header_list_size),
+            (Some(true), Some(1_024))
+        );
+        assert_eq!(
+            (h2.keep_alive_interval, h2.keep_alive_timeout),
+            (Some(Duration::from_secs(5)), Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            (
+                h2.max_pending_accept_reset_streams,
+                h2.max_local_error_reset_streams
+            ),
+            (Some(11), Some(13))
+        );
+        assert_eq!(
+            ping_interval(Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(ping_interval(Some(NO_TIMEOUT_AFTER)), None);
+        assert_eq!(ping_interval(Some(Duration::MAX)), None);
+        assert_eq!(ping_interval(None), None);
+        // The largest window is 2^31-1 exactly.
+        assert!(Http2Settings::new()
+            .initial_connection_window_size(2_147_483_647)
+            .check()
+            .is_ok());
+        assert!(Http2Settings::new()
+            .initial_stream_window_size(2_147_483_648)
+            .check()
+            .is_err());
+        assert!(Http2Settings::new()
+            .initial_connection_window_size(2_147_483_648)
+            .check()
+            .is_err());
+    }
 
     #[test]
     fn values_hyper_would_panic_on_are_configuration_errors() {
