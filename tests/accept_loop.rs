@@ -134,7 +134,13 @@ async fn an_upgrade_on_a_watched_io_stays_counted_and_is_force_closed() {
         .layer(shutdown.layer());
     let (client, server_side) = tokio::io::duplex(64 * 1024);
     let mut watcher = shutdown.watcher();
-    let io = TokioIo::new(watcher.io(server_side));
+    let io = watcher.io(server_side);
+    let debug = format!("{io:?}");
+    assert!(
+        debug.starts_with("WatchedIo {") && debug.contains("open: true"),
+        "{debug}"
+    );
+    let io = TokioIo::new(io);
     tokio::spawn(async move {
         let builder = auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app));

@@ -327,10 +327,16 @@ mod tests {
         assert!(!server.has_pending_input(), "read");
 
         let (mut server, mut client) = tokio::net::UnixStream::pair().unwrap();
+        let through_listener = <tokio::net::UnixListener as crate::Listener>::has_pending_input;
         assert!(!server.has_pending_input(), "nothing sent yet");
+        assert!(!through_listener(&server));
         client.write_all(b"y").await.unwrap();
         server.readable().await.unwrap();
         assert!(server.has_pending_input(), "a byte is waiting");
+        assert!(
+            through_listener(&server),
+            "the Unix listener's probe is the stream's"
+        );
         server.read_exact(&mut byte).await.unwrap();
         assert_eq!(&byte, b"y", "still there to read");
         assert!(!server.has_pending_input(), "read");
