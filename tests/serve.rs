@@ -850,7 +850,8 @@ async fn long_and_default_timeouts_are_kept() {
 }
 
 /// A connection error from the listener while it is emptied at drain start (a client
-/// that gave up in the queue) skips that connection only: the one behind it is served.
+/// that gave up in the queue) skips that connection only: the one behind it is served;
+/// any other error ends the emptying.
 #[tokio::test(start_paused = true)]
 async fn a_connection_error_at_drain_start_skips_one_connection() {
     let shutdown = shutdown(Duration::from_secs(10));
@@ -868,6 +869,24 @@ async fn a_connection_error_at_drain_start_skips_one_connection() {
     assert!(
         text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
+    );
+    served(server).await;
+
+    // Any other error ends the emptying (the listener is broken): what is behind it is
+    // not accepted, and `serve` returns its report as it would have anyway.
+    let shutdown = common::shutdown(Duration::from_secs(10));
+    let (listener, connector) = channel_listener();
+    let server =
+        tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    shutdown.trigger();
+    connector.fail(io::Error::other("the listener broke"));
+    let mut conn = get_request_on(&connector, "/").await;
+    let (text, end) = read_to_end(&mut conn).await;
+    assert_eq!(
+        (text.as_str(), end),
+        ("", End::Eof),
+        "not accepted after a fatal error"
     );
     served(server).await;
 }
