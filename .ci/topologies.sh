@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
 # Production topologies (SPEC section 8): rolling restarts of two demo instances behind a
 # real proxy, under GET and POST load (wrk with .ci/topologies/post-get.lua: every other
-# request a POST with a 1 KiB body, which no proxy may retry once sent).
+# request a POST with a 1 KiB body, which no proxy may re-send once sent). Each instance is
+# restarted in turn ROUNDS times: SIGTERM, wait for its exit, start it on the same port,
+# wait until it is ready and the proxy can have seen it.
 #
-#   1. HAProxy (B60), .ci/topologies/haproxy.cfg.in: active checks on the readiness route
+#   1. HAProxy (B60), .ci/topologies/haproxy.conf.in: active checks on the readiness route
 #      every 200 ms, keep-alive to the instances (`http-reuse always`), only failed
-#      connects re-sent. Each instance is restarted in turn HAPROXY_ROUNDS times (SIGTERM,
-#      wait for its exit, start it on the same port, wait until HAProxy has it up again).
-#      With a drain delay (1 s) longer than HAProxy's detection time (one failed check,
-#      200 ms apart), asserted: 0 non-2xx and 0 socket errors at wrk, every instance exits
-#      0 with "shutdown drained". Then the same without the drain delay, reported only:
-#      the instance closes its idle connections while HAProxy has not yet seen it go.
+#      connects re-sent. With a drain delay (1 s) longer than HAProxy's detection time
+#      (one failed check), asserted: 0 non-2xx and 0 socket errors at wrk. Then without the
+#      drain delay, reported only: the instance closes idle connections HAProxy is about
+#      to use.
+#   2. nginx (B61), .ci/topologies/nginx.conf.in: no active checks, keep-alive to the
+#      instances with `keepalive_timeout 4s`, only errors sent to the other instance (never
+#      a POST already sent). With the instances keeping each idle connection through their
+#      drain until it carries one more request or 6 s pass (`--idle-close
+#      after-next-request=6s`, longer than nginx keeps an idle connection), asserted: 0
+#      non-2xx and 0 socket errors. Then with the final stop's default
+#      (`IdleClose::Immediately`), reported only: POSTs sent on connections the instance
+#      closed at drain start come back as 502.
 #
-# Run from the repository root (installs wrk, haproxy and curl if missing):
+# In every run each instance exits 0 with "shutdown drained" and is ready again after its
+# restart (asserted).
+#
+# Run from the repository root (installs wrk, haproxy, nginx and curl if missing):
 #
 #   bash .ci/topologies.sh
 #
-# Knobs (environment): HAPROXY_ROUNDS (10), KEEP_WORK (1: keep the logs). Everything
-# listens on 127.0.0.1 on ports free at run time, lives in one mktemp -d directory, is
-# killed on exit, and is bounded in time (about two minutes on 2 cores, once the demo is
-# built).
+# Knobs (environment): ROUNDS (10), KEEP_WORK (1: keep the logs). Everything listens on
+# 127.0.0.1 on ports free at run time, lives in one mktemp -d directory, is killed on exit,
+# and is bounded in time (about two minutes on 2 cores, once the demo is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
-HAPROXY_ROUNDS=${HAPROXY_ROUNDS:-10}
+ROUNDS=${ROUNDS:-10}
 SUITE=topologies
 START=$SECONDS
 
@@ -32,8 +42,8 @@ START=$SECONDS
 . .ci/reliability/lib.sh
 
 step "tools"
-need wrk:wrk haproxy:haproxy curl:curl
-log "$(haproxy -v 2>&1 | head -1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+need wrk:wrk haproxy:haproxy nginx:nginx curl:curl
+log "$(haproxy -v 2>&1 | head -1); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 
 build_demo
 
@@ -55,61 +65,75 @@ wrk_figures() {
     W_PARTS="connect $connect, read $read, write $write, timeout $timeout"
 }
 
-# --- 1. HAProxy ---------------------------------------------------------------------------
+# --- the rolling restart, behind either proxy ---------------------------------------------
 
-# haproxy_run DELAY ROUNDS: two instances with --drain-delay DELAY behind HAProxy, wrk's
-# POST and GET load through it, each instance restarted ROUNDS times. Sets the W_ figures,
-# H_RESTARTS, H_PROBLEMS (exit statuses, reports, readiness, tools).
-haproxy_run() {
-    local delay=$1 rounds=$2 dir="$WORK/haproxy-$1" name pid port rc report i
-    mkdir -p "$dir"
-    H_PROBLEMS=()
-    start_demo "hap$delay-a" 0 --drain-delay "$delay"
-    local pid_a=$DEMO_PID port_a=$DEMO_PORT
-    start_demo "hap$delay-b" 0 --drain-delay "$delay"
-    local pid_b=$DEMO_PID port_b=$DEMO_PORT
-
-    local hport= hpid= attempt
+# start_proxy KIND DIR A B: starts HAProxy or nginx in front of ports A and B on a free port;
+# sets PROXY_PID and PROXY_PORT once it answers.
+start_proxy() {
+    local kind=$1 dir=$2 a=$3 b=$4 attempt i
+    PROXY_PID=
     for attempt in 1 2 3 4 5; do
-        hport=$(free_port)
-        sed -e "s#@PORT@#$hport#g" -e "s#@A@#$port_a#g" -e "s#@B@#$port_b#g" \
-            .ci/topologies/haproxy.cfg.in >"$dir/haproxy.cfg"
-        haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
-        hpid=$!
-        PIDS+=("$hpid")
+        PROXY_PORT=$(free_port)
+        sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$PROXY_PORT#g" -e "s#@A@#$a#g" -e "s#@B@#$b#g" \
+            ".ci/topologies/$kind.conf.in" >"$dir/$kind.conf"
+        case $kind in
+        haproxy) haproxy -db -f "$dir/haproxy.conf" >"$dir/proxy.log" 2>&1 & ;;
+        nginx) nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/proxy.log" 2>&1 & ;;
+        esac
+        PROXY_PID=$!
+        PIDS+=("$PROXY_PID")
+        [ "$kind" = nginx ] && NGINX_PID=$PROXY_PID
         for i in $(seq 50); do
-            curl -fsS -o /dev/null "http://127.0.0.1:$hport/?duration=0s" 2>/dev/null && break
-            kill -0 "$hpid" 2>/dev/null || break
+            curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/?duration=0s" 2>/dev/null && return 0
+            kill -0 "$PROXY_PID" 2>/dev/null || break
             sleep 0.1
         done
-        if curl -fsS -o /dev/null "http://127.0.0.1:$hport/?duration=0s" 2>/dev/null; then break; fi
-        kill -TERM "$hpid" 2>/dev/null || true
-        wait_exit "$hpid" 5
-        hpid=
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        wait_exit "$PROXY_PID" 5
     done
-    [ -n "$hpid" ] || { KEEP_WORK=1; tail -5 "$dir/haproxy.log" >&2; die "haproxy did not start"; }
+    KEEP_WORK=1
+    tail -5 "$dir/proxy.log" "$dir/error.log" 2>/dev/null >&2 || true
+    die "$kind did not start"
+}
+
+# rolling_run KIND LABEL ROUNDS FLAG...: two instances started with the demo's FLAGs behind
+# KIND (haproxy or nginx), wrk's POST and GET load through it, each instance restarted
+# ROUNDS times in turn (SIGTERM, wait for its exit, start it on the same port, wait until
+# it is ready and the proxy can have seen it). Sets the W_ figures, R_RESTARTS and
+# R_PROBLEMS (exit statuses, reports, readiness, tools).
+rolling_run() {
+    local kind=$1 label=$2 rounds=$3 name pid port rc report i
+    shift 3
+    local dir="$WORK/$kind-$label"
+    mkdir -p "$dir/tmp"
+    R_PROBLEMS=()
+    start_demo "$kind-$label-a" 0 "$@"
+    local pid_a=$DEMO_PID port_a=$DEMO_PORT
+    start_demo "$kind-$label-b" 0 "$@"
+    local pid_b=$DEMO_PID port_b=$DEMO_PORT
+    start_proxy "$kind" "$dir" "$port_a" "$port_b"
 
     wrk -t2 -c32 -d300s --timeout 5s -s .ci/topologies/post-get.lua \
-        "http://127.0.0.1:$hport/" >"$dir/wrk.out" 2>&1 &
+        "http://127.0.0.1:$PROXY_PORT/" >"$dir/wrk.out" 2>&1 &
     local wrk_pid=$!
     PIDS+=("$wrk_pid")
     sleep 1
 
-    H_RESTARTS=0
+    R_RESTARTS=0
     for i in $(seq "$rounds"); do
         for name in a b; do
             if [ $name = a ]; then pid=$pid_a port=$port_a; else pid=$pid_b port=$port_b; fi
-            : >"$WORK/hap$delay-$name.err"
+            : >"$WORK/$kind-$label-$name.err"
             kill -TERM "$pid" || true
-            wait_exit "$pid" 20
+            wait_exit "$pid" 30
             rc=$RC
-            report=$(grep -m1 '^shutdown ' "$WORK/hap$delay-$name.err" || true)
-            [ "$rc" = 0 ] || H_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
+            report=$(grep -m1 '^shutdown ' "$WORK/$kind-$label-$name.err" || true)
+            [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
             case $report in
             "shutdown drained "*) ;;
-            *) H_PROBLEMS+=("instance $name report: ${report:-none}") ;;
+            *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
             esac
-            start_demo "hap$delay-$name" "$port" --drain-delay "$delay"
+            start_demo "$kind-$label-$name" "$port" "$@"
             if [ $name = a ]; then pid_a=$DEMO_PID; else pid_b=$DEMO_PID; fi
             local ready=
             for _ in $(seq 100); do
@@ -119,62 +143,103 @@ haproxy_run() {
                 fi
                 sleep 0.1
             done
-            [ -n "$ready" ] || H_PROBLEMS+=("instance $name not ready after restart")
-            H_RESTARTS=$((H_RESTARTS + 1))
+            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
+            R_RESTARTS=$((R_RESTARTS + 1))
             printf '  restart %2d: instance %s (port %s), exit %s, %s\n' \
-                "$H_RESTARTS" "$name" "$port" "$rc" "${report:-no report}"
-            # HAProxy marks it up after one good check (200 ms apart): then the next.
+                "$R_RESTARTS" "$name" "$port" "$rc" "${report:-no report}"
+            # HAProxy marks it up after one good check (200 ms apart); nginx opens new
+            # keep-alive connections to it. Then the next.
             sleep 0.6
         done
     done
     sleep 1
-    kill -INT "$wrk_pid" 2>/dev/null || H_PROBLEMS+=("wrk had already exited")
+    kill -INT "$wrk_pid" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
     wait_exit "$wrk_pid" 15
     if [ "$RC" = timeout ]; then
-        H_PROBLEMS+=("wrk did not stop")
+        R_PROBLEMS+=("wrk did not stop")
         kill -KILL "$wrk_pid" 2>/dev/null || true
     fi
-    kill -TERM "$hpid" 2>/dev/null || H_PROBLEMS+=("haproxy had already exited")
-    wait_exit "$hpid" 10
+    case $kind in
+    haproxy) kill -TERM "$PROXY_PID" 2>/dev/null || R_PROBLEMS+=("haproxy had already exited") ;;
+    nginx) kill -QUIT "$PROXY_PID" 2>/dev/null || R_PROBLEMS+=("nginx had already exited") ;;
+    esac
+    wait_exit "$PROXY_PID" 10
+    NGINX_PID=
     kill -TERM "$pid_a" "$pid_b" 2>/dev/null || true
-    wait_exit "$pid_a" 15
-    wait_exit "$pid_b" 15
+    wait_exit "$pid_a" 30
+    wait_exit "$pid_b" 30
 
     sed 's/^/  wrk: /' "$dir/wrk.out"
-    grep -q ' requests in ' "$dir/wrk.out" || H_PROBLEMS+=("no wrk summary")
+    grep -q ' requests in ' "$dir/wrk.out" || R_PROBLEMS+=("no wrk summary")
     wrk_figures "$dir/wrk.out"
-    [ "$W_REQUESTS" -gt 0 ] || H_PROBLEMS+=("no requests completed")
+    [ "$W_REQUESTS" -gt 0 ] || R_PROBLEMS+=("no requests completed")
+    if [ "$kind" = nginx ]; then
+        # What nginx saw, by its error log's wording (reported): POSTs it could not send
+        # again, and connects refused (retried).
+        R_NGINX="nginx: $(grep -c 'while reading response header from upstream\|while sending request to upstream' "$dir/error.log" || true) requests on connections closed before the response head, $(grep -c 'connect() failed' "$dir/error.log" || true) failed connects (retried)"
+    fi
 }
 
-step "HAProxy rolling restart, drain delay 1 s: $HAPROXY_ROUNDS rounds of 2 instances"
-haproxy_run 1s "$HAPROXY_ROUNDS"
-hap_requests=$W_REQUESTS hap_non2xx=$W_NON2XX hap_sockerr=$W_SOCKERR hap_parts=$W_PARTS
-hap_restarts=$H_RESTARTS
-log "drain delay 1 s: $H_RESTARTS restarts, $W_REQUESTS requests (half POSTs), $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
-problems=("${H_PROBLEMS[@]}")
-[ "$W_NON2XX" = 0 ] || problems+=("$W_NON2XX non-2xx responses at wrk")
-[ "$W_SOCKERR" = 0 ] || problems+=("$W_SOCKERR socket errors at wrk ($W_PARTS)")
-if [ ${#problems[@]} -gt 0 ]; then
-    KEEP_WORK=1
-    printf '  FAIL: %s\n' "${problems[@]}"
-    for p in "${problems[@]}"; do FAILURES+=("HAProxy rolling restart: $p"); done
-fi
+# check LABEL: records R_PROBLEMS and any failed request of the last run as failures.
+check() {
+    local problems=("${R_PROBLEMS[@]}")
+    [ "$W_NON2XX" = 0 ] || problems+=("$W_NON2XX non-2xx responses at wrk")
+    [ "$W_SOCKERR" = 0 ] || problems+=("$W_SOCKERR socket errors at wrk ($W_PARTS)")
+    if [ ${#problems[@]} -gt 0 ]; then
+        KEEP_WORK=1
+        printf '  FAIL: %s\n' "${problems[@]}"
+        for p in "${problems[@]}"; do FAILURES+=("$1: $p"); done
+    fi
+}
 
-step "HAProxy rolling restart, no drain delay (reported only): $HAPROXY_ROUNDS rounds of 2 instances"
-haproxy_run 0s "$HAPROXY_ROUNDS"
-hap0_requests=$W_REQUESTS hap0_non2xx=$W_NON2XX hap0_sockerr=$W_SOCKERR hap0_parts=$W_PARTS
-log "no drain delay: $H_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
-# Exit statuses, reports and readiness are still checked.
-if [ ${#H_PROBLEMS[@]} -gt 0 ]; then
-    KEEP_WORK=1
-    printf '  FAIL: %s\n' "${H_PROBLEMS[@]}"
-    for p in "${H_PROBLEMS[@]}"; do FAILURES+=("HAProxy rolling restart without drain delay: $p"); done
-fi
+# check_process LABEL: records R_PROBLEMS only (for runs whose failed requests are
+# reported, not asserted).
+check_process() {
+    if [ ${#R_PROBLEMS[@]} -gt 0 ]; then
+        KEEP_WORK=1
+        printf '  FAIL: %s\n' "${R_PROBLEMS[@]}"
+        for p in "${R_PROBLEMS[@]}"; do FAILURES+=("$1: $p"); done
+    fi
+}
+
+# --- 1. HAProxy ---------------------------------------------------------------------------
+
+step "HAProxy rolling restart, drain delay 1 s: $ROUNDS rounds of 2 instances"
+rolling_run haproxy delay "$ROUNDS" --drain-delay 1s
+hap="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "drain delay 1 s: $hap"
+check "HAProxy rolling restart"
+
+step "HAProxy rolling restart, no drain delay (reported only): $ROUNDS rounds of 2 instances"
+rolling_run haproxy nodelay "$ROUNDS"
+hap0="$W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "no drain delay: $hap0"
+check_process "HAProxy rolling restart without drain delay"
+
+# --- 2. nginx -----------------------------------------------------------------------------
+
+step "nginx rolling restart, idle connections kept for their next request: $ROUNDS rounds of 2 instances"
+# nginx has no active checks and never re-sends a POST it has sent. The instances keep each
+# idle keep-alive connection through their drain until it carries one more request
+# (answered with Connection: close) or 6 s pass, longer than nginx keeps an idle
+# connection (keepalive_timeout 4s): nginx closes every idle connection first, so none is
+# closed under a request it is sending.
+rolling_run nginx safe "$ROUNDS" --idle-close after-next-request=6s
+ngx="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS); $R_NGINX"
+log "after-next-request=6s: $ngx"
+check "nginx rolling restart"
+
+step "nginx rolling restart, the final stop's default IdleClose::Immediately (reported only): $ROUNDS rounds of 2 instances"
+rolling_run nginx immediately "$ROUNDS"
+ngx0="$W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS); $R_NGINX"
+log "immediately: $ngx0"
+check_process "nginx rolling restart with IdleClose::Immediately"
 
 # --- summary -------------------------------------------------------------------------------
 
 step "summary"
-log "HAProxy rolling restart, POST and GET: $hap_restarts restarts; drain delay 1 s: $hap_requests requests, $hap_non2xx non-2xx, $hap_sockerr socket errors ($hap_parts); no drain delay: $hap0_requests requests, $hap0_non2xx non-2xx, $hap0_sockerr socket errors ($hap0_parts)"
+log "HAProxy, POST and GET, drain delay 1 s: $hap; without it: $hap0"
+log "nginx, POST and GET, idle connections kept (after-next-request=6s): $ngx; IdleClose::Immediately: $ngx0"
 log "time: $((SECONDS - START)) s"
 if [ ${#FAILURES[@]} -gt 0 ]; then
     printf 'topologies: FAILED:\n' >&2
