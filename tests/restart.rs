@@ -154,6 +154,9 @@ impl Generations {
     /// Runs `command` (the demo, or a tool that runs it), reading its stdout's start
     /// lines; waits for none.
     fn spawn(mut command: Command) -> Generations {
+        // Before any generation exists: each one whose parent exits becomes this
+        // process's child.
+        adopt_orphans();
         let stderr = scratch(&format!("stderr-{}", rand_tag()));
         let mut first = command
             .env("RUST_LOG", "info")
@@ -548,8 +551,39 @@ async fn upgrade(
         reaper.watch(new_pid);
         pids.push(new_pid);
         wait_gone(old).await;
+        reap_orphan(generations, old);
     }
     took
+}
+
+/// Reads the exit status of `pid`, a generation other than the first (the test's own
+/// child, which `Child::wait` reads), adopted by this process: it must be 0.
+fn reap_orphan(generations: &Generations, pid: u32) {
+    if generations.first.id() != Some(pid) {
+        assert_eq!(reap(pid), Ok(0), "generation {pid} exits 0 after its drain");
+    }
+}
+
+/// Stops the last of `pids` with SIGTERM and checks that every generation exited 0 and
+/// none is left in the process table (no zombie).
+async fn stop_all(generations: &mut Generations, pids: &[u32]) {
+    let status = tokio::time::timeout(BOUND, generations.first.wait())
+        .await
+        .expect("the first generation exits")
+        .unwrap();
+    assert!(status.success(), "the first generation exits 0: {status}");
+    let last = *pids.last().unwrap();
+    kill(last, "TERM");
+    wait_gone(last).await;
+    if pids.len() > 1 {
+        assert_eq!(reap(last), Ok(0), "the last generation exits 0 on SIGTERM");
+    }
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is still in the process table"
+        );
+    }
 }
 
 /// Every generation in `pids` served, and nothing failed.
@@ -571,7 +605,6 @@ fn assert_all_served(tally: &Tally, pids: &[u32]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_under_load_lose_nothing() {
     const UPGRADES: usize = 20;
-    adopt_orphans();
     let pid_file = scratch("demo.pid");
     let (mut generations, addr, first_pid) = Generations::start(&[
         "--pid-file",
@@ -636,11 +669,7 @@ async fn sighup_upgrades_under_load_lose_nothing() {
         reaper.watch(new_pid);
         pids.push(new_pid);
         wait_gone(old).await;
-        if upgrade > 0 {
-            // The first generation is the test's own child, waited for below; the others
-            // are orphans adopted by this process.
-            assert_eq!(reap(old), Ok(0), "generation {old} exits 0 after its drain");
-        }
+        reap_orphan(&generations, old);
         pid_file_names(&pid_file, new_pid).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -652,22 +681,7 @@ async fn sighup_upgrades_under_load_lose_nothing() {
             .unwrap();
     }
 
-    let status = tokio::time::timeout(BOUND, generations.first.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "the first generation exits 0: {status}");
-    let last = *pids.last().unwrap();
-    kill(last, "TERM");
-    wait_gone(last).await;
-    assert_eq!(reap(last), Ok(0), "the last generation exits 0 on SIGTERM");
-    // No zombie left: every generation's status was read, and none left a child behind.
-    for pid in &pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "pid {pid} is still in the process table"
-        );
-    }
+    stop_all(&mut generations, &pids).await;
     let stderr = generations.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(
@@ -1058,17 +1072,7 @@ async fn reuse_port_upgrades_lose_nothing() {
     .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let tally = load.stop().await;
-    let last = *pids.last().unwrap();
-    kill(last, "TERM");
-    wait_gone(last).await;
-    assert_eq!(reap(last), Ok(0), "the last generation exits 0 on SIGTERM");
-    // No zombie left: every generation's status was read, and none left a child behind.
-    for pid in &pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "pid {pid} is still in the process table"
-        );
-    }
+    stop_all(&mut generations, &pids).await;
     let stderr = generations.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_all_served(&tally, &pids);
