@@ -23,6 +23,12 @@
 #      the instances, failed connects tried on the other instance, request buffering (a
 #      Caddy 2.6.2 bug otherwise cuts streamed responses to POSTs). With a 1 s drain
 #      delay, asserted: 0 non-2xx and 0 socket errors.
+#   4. Endpoint lag (B63), .ci/topologies/lagproxy.py: a TCP proxy that goes on sending new
+#      connections to an instance for 1 s after its SIGTERM (as kube-proxy does while
+#      endpoints propagate), wrk with a new connection per request. With a 1.5 s drain
+#      delay, asserted: no connection sent to an instance that did not accept it, 0
+#      non-2xx, 0 socket errors. Without a drain delay, reported (and asserted above 0, so
+#      that the lag is known to be in effect).
 #
 # In every run each instance exits 0 with "shutdown drained" and is ready again after its
 # restart (asserted).
@@ -31,7 +37,7 @@
 #
 #   bash .ci/topologies.sh
 #
-# Knobs (environment): ROUNDS (10), KEEP_WORK (1: keep the logs). Everything listens on
+# Knobs (environment): ROUNDS (10), LAG_ROUNDS (5), KEEP_WORK (1: keep the logs). Everything listens on
 # 127.0.0.1 on ports free at run time, lives in one mktemp -d directory, is killed on exit,
 # and is bounded in time (about two minutes on 2 cores, once the demo is built).
 set -euo pipefail
@@ -39,6 +45,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
 ROUNDS=${ROUNDS:-10}
+LAG_ROUNDS=${LAG_ROUNDS:-5}
 SUITE=topologies
 START=$SECONDS
 
@@ -46,7 +53,7 @@ START=$SECONDS
 . .ci/reliability/lib.sh
 
 step "tools"
-need wrk:wrk haproxy:haproxy nginx:nginx caddy:caddy curl:curl
+need wrk:wrk haproxy:haproxy nginx:nginx caddy:caddy curl:curl python3:python3
 log "$(haproxy -v 2>&1 | head -1); $(nginx -v 2>&1); caddy $(caddy version 2>&1 | head -1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 
 build_demo
@@ -252,12 +259,132 @@ cad="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR s
 log "drain delay 1 s: $cad"
 check "Caddy rolling restart"
 
+# --- 4. endpoint lag --------------------------------------------------------------------
+
+# lag_run LABEL ROUNDS LAG FLAG...: two instances with the demo's FLAGs behind
+# .ci/topologies/lagproxy.py, whose endpoint list drops an instance LAG seconds after it
+# is told to (as kube-proxy's lags a pod's SIGTERM); wrk with a new connection per request
+# through it. Each restart: the instance leaves the list LAG s from now and gets SIGTERM;
+# once it has exited and LAG has passed, it starts again on its port and joins the list.
+# Sets the W_ figures, L_FAILED (connects the proxy made to an instance that did not
+# accept), L_CONNECTIONS, R_RESTARTS, R_PROBLEMS.
+lag_run() {
+    local label=$1 rounds=$2 lag=$3 index name pid port rc report i
+    shift 3
+    local dir="$WORK/lag-$label"
+    mkdir -p "$dir"
+    R_PROBLEMS=()
+    start_demo "lag-$label-a" 0 "$@"
+    local pids=("$DEMO_PID") ports=("$DEMO_PORT")
+    start_demo "lag-$label-b" 0 "$@"
+    pids+=("$DEMO_PID")
+    ports+=("$DEMO_PORT")
+    local lport cport lpid
+    lport=$(free_port)
+    cport=$(free_port)
+    python3 .ci/topologies/lagproxy.py "$lport" "$cport" "${ports[0]}" "${ports[1]}" \
+        >"$dir/lag.out" 2>"$dir/lag.err" &
+    lpid=$!
+    PIDS+=("$lpid")
+    for i in $(seq 50); do
+        grep -q '^lagproxy: listening' "$dir/lag.err" && break
+        sleep 0.1
+    done
+    grep -q '^lagproxy: listening' "$dir/lag.err" || { KEEP_WORK=1; cat "$dir/lag.err" >&2; die "lagproxy did not start"; }
+    tell() { # the proxy's control port takes one command a connection
+        exec 3<>"/dev/tcp/127.0.0.1/$cport"
+        printf '%s\n' "$*" >&3
+        read -r _ <&3 || true
+        exec 3>&-
+    }
+
+    wrk -t2 -c16 -d300s --timeout 5s -H "Connection: close" \
+        "http://127.0.0.1:$lport/?duration=10ms" >"$dir/wrk.out" 2>&1 &
+    local wrk_pid=$!
+    PIDS+=("$wrk_pid")
+    sleep 1
+
+    R_RESTARTS=0
+    for i in $(seq "$rounds"); do
+        for index in 0 1; do
+            name=$([ "$index" = 0 ] && echo a || echo b)
+            pid=${pids[$index]} port=${ports[$index]}
+            : >"$WORK/lag-$label-$name.err"
+            local left_at=$SECONDS
+            tell leave "$index" "$lag"
+            kill -TERM "$pid" || true
+            wait_exit "$pid" 30
+            rc=$RC
+            report=$(grep -m1 '^shutdown ' "$WORK/lag-$label-$name.err" || true)
+            [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
+            case $report in
+            "shutdown drained "*) ;;
+            *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
+            esac
+            # The new instance comes up once the old endpoint is gone (a whole second
+            # more than the lag, as SECONDS counts whole seconds).
+            while [ $((SECONDS - left_at)) -le "${lag%.*}" ]; do sleep 0.1; done
+            start_demo "lag-$label-$name" "$port" "$@"
+            pids[$index]=$DEMO_PID
+            local ready=
+            for _ in $(seq 100); do
+                if curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
+                    ready=1
+                    break
+                fi
+                sleep 0.1
+            done
+            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
+            tell join "$index"
+            R_RESTARTS=$((R_RESTARTS + 1))
+            printf '  restart %2d: instance %s (port %s), exit %s, %s\n' \
+                "$R_RESTARTS" "$name" "$port" "$rc" "${report:-no report}"
+            sleep 0.3
+        done
+    done
+    sleep 1
+    kill -INT "$wrk_pid" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
+    wait_exit "$wrk_pid" 15
+    kill -TERM "$lpid" 2>/dev/null || R_PROBLEMS+=("lagproxy had already exited")
+    wait_exit "$lpid" 10
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait_exit "${pids[0]}" 30
+    wait_exit "${pids[1]}" 30
+
+    sed 's/^/  wrk: /' "$dir/wrk.out"
+    wrk_figures "$dir/wrk.out"
+    [ "$W_REQUESTS" -gt 0 ] || R_PROBLEMS+=("no requests completed")
+    local out
+    out=$(cat "$dir/lag.out")
+    grep -q '^connections=' <<<"$out" || R_PROBLEMS+=("no lagproxy summary")
+    L_CONNECTIONS=$(field "$out" '^connections=\([0-9]*\) .*')
+    L_FAILED=$(field "$out" '^connections=[0-9]* failed=\([0-9]*\) .*')
+    [ "$L_CONNECTIONS" -gt 0 ] || R_PROBLEMS+=("lagproxy saw no connection")
+}
+
+step "endpoint lag 1 s, drain delay 1.5 s: $LAG_ROUNDS rounds of 2 instances"
+# B63: the proxy keeps sending new connections to an instance for 1 s after its SIGTERM;
+# a drain delay of 1.5 s keeps its listener open until then: nothing refused.
+lag_run delay "$LAG_ROUNDS" 1 --drain-delay 1500ms
+lag="$R_RESTARTS restarts, $L_CONNECTIONS connections, $L_FAILED sent to an instance that did not accept; wrk: $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "drain delay 1.5 s: $lag"
+[ "$L_FAILED" = 0 ] || R_PROBLEMS+=("$L_FAILED connections sent to an instance that did not accept")
+check "endpoint lag with a drain delay"
+
+step "endpoint lag 1 s, no drain delay (reported only): $LAG_ROUNDS rounds of 2 instances"
+lag_run nodelay "$LAG_ROUNDS" 1
+lag0="$L_CONNECTIONS connections, $L_FAILED sent to an instance that did not accept; wrk: $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "no drain delay: $lag0"
+[ "$L_FAILED" -gt 0 ] || R_PROBLEMS+=("no connection failed without a drain delay: the proxy's lag is not in effect")
+check_process "endpoint lag without a drain delay"
+
 # --- summary -------------------------------------------------------------------------------
 
 step "summary"
 log "HAProxy, POST and GET, drain delay 1 s: $hap; without it: $hap0"
 log "nginx, POST and GET, idle connections kept (after-next-request=6s): $ngx; IdleClose::Immediately: $ngx0"
 log "Caddy, POST and GET, drain delay 1 s: $cad"
+log "endpoint lag 1 s, new connection per request, drain delay 1.5 s: $lag; without: $lag0"
 log "time: $((SECONDS - START)) s"
 if [ ${#FAILURES[@]} -gt 0 ]; then
     printf 'topologies: FAILED:\n' >&2
