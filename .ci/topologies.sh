@@ -11,6 +11,8 @@
 #      (one failed check), asserted: 0 non-2xx and 0 socket errors at wrk. Then without the
 #      drain delay, reported only: the instance closes idle connections HAProxy is about
 #      to use.
+#      The same over HTTP/2 (h2c) to the instances (`proto h2`, B62), with the drain
+#      delay, asserted the same way.
 #   2. nginx (B61), .ci/topologies/nginx.conf.in: no active checks, keep-alive to the
 #      instances with `keepalive_timeout 4s`, only errors sent to the other instance (never
 #      a POST already sent). With the instances keeping each idle connection through their
@@ -86,6 +88,7 @@ start_proxy() {
     for attempt in 1 2 3 4 5; do
         PROXY_PORT=$(free_port)
         sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$PROXY_PORT#g" -e "s#@A@#$a#g" -e "s#@B@#$b#g" \
+            -e "s#@PROTO@#${UPSTREAM_PROTO:-}#g" \
             ".ci/topologies/$kind.conf.in" >"$dir/$kind.conf"
         case $kind in
         haproxy) haproxy -db -f "$dir/haproxy.conf" >"$dir/proxy.log" 2>&1 & ;;
@@ -231,6 +234,15 @@ hap0="$W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PART
 log "no drain delay: $hap0"
 check_process "HAProxy rolling restart without drain delay"
 
+step "HAProxy rolling restart, HTTP/2 (h2c) to the instances, drain delay 1 s: $ROUNDS rounds of 2 instances"
+# B62: HAProxy multiplexes requests as streams on HTTP/2 connections to the instances; at
+# drain start an instance sends GOAWAY, its streams in flight finish, and HAProxy opens
+# no new ones there.
+UPSTREAM_PROTO="proto h2" rolling_run haproxy h2 "$ROUNDS" --drain-delay 1s
+hap2="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "h2c upstream, drain delay 1 s: $hap2"
+check "HAProxy rolling restart over h2c"
+
 # --- 2. nginx -----------------------------------------------------------------------------
 
 step "nginx rolling restart, idle connections kept for their next request: $ROUNDS rounds of 2 instances"
@@ -279,16 +291,24 @@ lag_run() {
     start_demo "lag-$label-b" 0 "$@"
     pids+=("$DEMO_PID")
     ports+=("$DEMO_PORT")
-    local lport cport lpid
-    lport=$(free_port)
-    cport=$(free_port)
-    python3 .ci/topologies/lagproxy.py "$lport" "$cport" "${ports[0]}" "${ports[1]}" \
-        >"$dir/lag.out" 2>"$dir/lag.err" &
-    lpid=$!
-    PIDS+=("$lpid")
-    for i in $(seq 50); do
+    local lport cport lpid attempt
+    for attempt in 1 2 3 4 5; do
+        # (a free port may still be some connection's local port: then bind fails, and
+        # another pair is tried)
+        lport=$(free_port)
+        cport=$(free_port)
+        python3 .ci/topologies/lagproxy.py "$lport" "$cport" "${ports[0]}" "${ports[1]}" \
+            >"$dir/lag.out" 2>"$dir/lag.err" &
+        lpid=$!
+        PIDS+=("$lpid")
+        for i in $(seq 50); do
+            grep -q '^lagproxy: listening' "$dir/lag.err" && break
+            kill -0 "$lpid" 2>/dev/null || break
+            sleep 0.1
+        done
         grep -q '^lagproxy: listening' "$dir/lag.err" && break
-        sleep 0.1
+        kill -TERM "$lpid" 2>/dev/null || true
+        wait_exit "$lpid" 5
     done
     grep -q '^lagproxy: listening' "$dir/lag.err" || { KEEP_WORK=1; cat "$dir/lag.err" >&2; die "lagproxy did not start"; }
     tell() { # the proxy's control port takes one command a connection
@@ -382,6 +402,7 @@ check_process "endpoint lag without a drain delay"
 
 step "summary"
 log "HAProxy, POST and GET, drain delay 1 s: $hap; without it: $hap0"
+log "HAProxy, POST and GET over h2c to the instances, drain delay 1 s: $hap2"
 log "nginx, POST and GET, idle connections kept (after-next-request=6s): $ngx; IdleClose::Immediately: $ngx0"
 log "Caddy, POST and GET, drain delay 1 s: $cad"
 log "endpoint lag 1 s, new connection per request, drain delay 1.5 s: $lag; without: $lag0"
