@@ -265,29 +265,10 @@ nginx_run() {
     for i in $(seq "$rounds"); do
         for name in a b; do
             if [ $name = a ]; then pid=$pid_a port=$port_a; else pid=$pid_b port=$port_b; fi
-            : >"$WORK/$mode-$name.err"
-            # (stderr off: bash would report the SIGKILLed job as "Killed")
-            { kill "-$mode" "$pid" || true; wait_exit "$pid" 20; } 2>/dev/null
-            rc=$RC
-            report=$(grep -m1 '^shutdown ' "$WORK/$mode-$name.err" || true)
-            if [ "$mode" = TERM ]; then
-                [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
-                case $report in
-                "shutdown drained "*) ;;
-                *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
-                esac
-            fi
-            start_demo "$mode-$name" "$port"
+            stop_demo "$mode" "$mode-$name" "$pid"
+            rc=$RC report=$REPORT
+            start_ready "$mode-$name" "$port"
             if [ $name = a ]; then pid_a=$DEMO_PID; else pid_b=$DEMO_PID; fi
-            local ready=
-            for _ in $(seq 100); do
-                if curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
-                    ready=1
-                    break
-                fi
-                sleep 0.1
-            done
-            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
             R_RESTARTS=$((R_RESTARTS + 1))
             # nginx's errors since the last restart (its error log is not buffered; by now
             # the instance has exited and its successor accepts).

@@ -120,7 +120,7 @@ start_proxy() {
 # it is ready and the proxy can have seen it). Sets the W_ figures, R_RESTARTS and
 # R_PROBLEMS (exit statuses, reports, readiness, tools).
 rolling_run() {
-    local kind=$1 label=$2 rounds=$3 name pid port rc report i
+    local kind=$1 label=$2 rounds=$3 name pid port i
     shift 3
     local dir="$WORK/$kind-$label"
     mkdir -p "$dir/tmp"
@@ -141,30 +141,12 @@ rolling_run() {
     for i in $(seq "$rounds"); do
         for name in a b; do
             if [ $name = a ]; then pid=$pid_a port=$port_a; else pid=$pid_b port=$port_b; fi
-            : >"$WORK/$kind-$label-$name.err"
-            kill -TERM "$pid" || true
-            wait_exit "$pid" 30
-            rc=$RC
-            report=$(grep -m1 '^shutdown ' "$WORK/$kind-$label-$name.err" || true)
-            [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
-            case $report in
-            "shutdown drained "*) ;;
-            *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
-            esac
-            start_demo "$kind-$label-$name" "$port" "$@"
+            stop_demo TERM "$kind-$label-$name" "$pid"
+            start_ready "$kind-$label-$name" "$port" "$@"
             if [ $name = a ]; then pid_a=$DEMO_PID; else pid_b=$DEMO_PID; fi
-            local ready=
-            for _ in $(seq 100); do
-                if curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
-                    ready=1
-                    break
-                fi
-                sleep 0.1
-            done
-            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
             R_RESTARTS=$((R_RESTARTS + 1))
             printf '  restart %2d: instance %s (port %s), exit %s, %s\n' \
-                "$R_RESTARTS" "$name" "$port" "$rc" "${report:-no report}"
+                "$R_RESTARTS" "$name" "$port" "$RC" "${REPORT:-no report}"
             # HAProxy marks it up after one good check (200 ms apart); nginx opens new
             # keep-alive connections to it. Then the next.
             sleep 0.6
@@ -281,7 +263,7 @@ check "Caddy rolling restart"
 # Sets the W_ figures, L_FAILED (connects the proxy made to an instance that did not
 # accept), L_CONNECTIONS, R_RESTARTS, R_PROBLEMS.
 lag_run() {
-    local label=$1 rounds=$2 lag=$3 index name pid port rc report i
+    local label=$1 rounds=$2 lag=$3 index name pid port i
     shift 3
     local dir="$WORK/lag-$label"
     mkdir -p "$dir"
@@ -329,36 +311,18 @@ lag_run() {
         for index in 0 1; do
             name=$([ "$index" = 0 ] && echo a || echo b)
             pid=${pids[$index]} port=${ports[$index]}
-            : >"$WORK/lag-$label-$name.err"
             local left_at=$SECONDS
             tell leave "$index" "$lag"
-            kill -TERM "$pid" || true
-            wait_exit "$pid" 30
-            rc=$RC
-            report=$(grep -m1 '^shutdown ' "$WORK/lag-$label-$name.err" || true)
-            [ "$rc" = 0 ] || R_PROBLEMS+=("instance $name exit status $rc after SIGTERM")
-            case $report in
-            "shutdown drained "*) ;;
-            *) R_PROBLEMS+=("instance $name report: ${report:-none}") ;;
-            esac
+            stop_demo TERM "lag-$label-$name" "$pid"
             # The new instance comes up once the old endpoint is gone (a whole second
             # more than the lag, as SECONDS counts whole seconds).
             while [ $((SECONDS - left_at)) -le "${lag%.*}" ]; do sleep 0.1; done
-            start_demo "lag-$label-$name" "$port" "$@"
+            start_ready "lag-$label-$name" "$port" "$@"
             pids[$index]=$DEMO_PID
-            local ready=
-            for _ in $(seq 100); do
-                if curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null; then
-                    ready=1
-                    break
-                fi
-                sleep 0.1
-            done
-            [ -n "$ready" ] || R_PROBLEMS+=("instance $name not ready after restart")
             tell join "$index"
             R_RESTARTS=$((R_RESTARTS + 1))
             printf '  restart %2d: instance %s (port %s), exit %s, %s\n' \
-                "$R_RESTARTS" "$name" "$port" "$rc" "${report:-no report}"
+                "$R_RESTARTS" "$name" "$port" "$RC" "${REPORT:-no report}"
             sleep 0.3
         done
     done

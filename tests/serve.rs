@@ -671,6 +671,22 @@ async fn a_request_longer_than_the_header_read_timeout_completes() {
     served(server).await;
 }
 
+/// Serves the test app over in-memory pipes (paused time), with `options` applied to the
+/// server.
+fn serve_on_pipe(
+    shutdown: &Shutdown,
+    options: impl FnOnce(
+        httpdown::Serve<ChannelListener, axum::Router>,
+    ) -> httpdown::Serve<ChannelListener, axum::Router>,
+) -> (
+    Connector,
+    tokio::task::JoinHandle<Result<httpdown::Report, Error>>,
+) {
+    let (listener, connector) = channel_listener();
+    let serving = options(httpdown::serve(listener, app(Arc::default()), shutdown));
+    (connector, tokio::spawn(serving.into_future()))
+}
+
 /// Reads until the server closes `conn` (after `hello`, nothing more may come) and
 /// returns how long after `since` that was.
 async fn closed_after(conn: &mut tokio::io::DuplexStream, since: Instant) -> Duration {
@@ -700,13 +716,11 @@ async fn closed_within(
 #[tokio::test(start_paused = true)]
 async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_read_timeout() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
+    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+        serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(Duration::from_secs(10))
-            .into_future(),
-    );
+    });
     let mut conn = get_request_on(&connector, "/").await;
     read_until(&mut conn, "hello").await;
     // Idle for 9.999 s, nine times the header-read timeout: still open.
@@ -729,13 +743,11 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_rea
 #[tokio::test(start_paused = true)]
 async fn a_head_begun_on_an_idle_connection_gets_the_header_read_timeout_from_its_first_byte() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
+    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+        serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(Duration::from_secs(10))
-            .into_future(),
-    );
+    });
     let mut conn = get_request_on(&connector, "/").await;
     read_until(&mut conn, "hello").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -763,13 +775,11 @@ async fn a_head_begun_on_an_idle_connection_gets_the_header_read_timeout_from_it
 #[tokio::test(start_paused = true)]
 async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
+    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+        serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(None)
-            .into_future(),
-    );
+    });
     let mut conn = get_request_on(&connector, "/").await;
     read_until(&mut conn, "hello").await;
     tokio::time::sleep(Duration::from_secs(1_000)).await;
@@ -804,14 +814,12 @@ async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
 async fn long_and_default_timeouts_are_kept() {
     let long = Duration::from_secs(547 * 86_400);
     let shutdown = shutdown(Duration::from_secs(10));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
+    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+        serve
             .idle_timeout(long)
             // Alone, so the connection's timer is not looked at every 30 s for 1.5 years.
             .header_read_timeout(None)
-            .into_future(),
-    );
+    });
     let mut conn = get_request_on(&connector, "/").await;
     read_until(&mut conn, "hello").await;
     let idle = Instant::now();

@@ -115,6 +115,36 @@ start_demo() {
     fi
 }
 
+# stop_demo SIGNAL NAME PID: stops an instance with SIGNAL (TERM or KILL) and waits for its
+# exit; sets RC (its exit status) and REPORT (its report line). After SIGTERM, an exit
+# status other than 0 or a report other than "shutdown drained" is added to R_PROBLEMS.
+stop_demo() {
+    local signal=$1 name=$2 pid=$3
+    : >"$WORK/$name.err"
+    # (stderr off: bash would report a SIGKILLed job as "Killed")
+    { kill "-$signal" "$pid" || true; wait_exit "$pid" 30; } 2>/dev/null
+    REPORT=$(grep -m1 '^shutdown ' "$WORK/$name.err" || true)
+    if [ "$signal" = TERM ]; then
+        [ "$RC" = 0 ] || R_PROBLEMS+=("instance $name exit status $RC after SIGTERM")
+        case $REPORT in
+        "shutdown drained "*) ;;
+        *) R_PROBLEMS+=("instance $name report: ${REPORT:-none}") ;;
+        esac
+    fi
+}
+
+# start_ready NAME PORT [FLAG...]: start_demo, then waits (10 s at most) until its
+# readiness route answers 200; adds to R_PROBLEMS if it does not.
+start_ready() {
+    local name=$1 port=$2 i
+    start_demo "$@"
+    for i in $(seq 100); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    R_PROBLEMS+=("instance $name not ready after restart")
+}
+
 # free_port: a port nothing listens on now (nginx's own bind is checked when it starts).
 free_port() {
     local port
