@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// [`Serve::idle_timeout`](crate::Serve::idle_timeout) was zero.
     #[error("idle_timeout must be greater than zero; pass None to keep idle connections open, or turn keep-alive off with Http1Settings::keep_alive(false)")]
     ZeroIdleTimeout,
+    /// [`Serve::max_connections`](crate::Serve::max_connections) was zero.
+    #[error("max_connections must be greater than zero; pass None for no limit")]
+    ZeroMaxConnections,
     /// An HTTP/1 or HTTP/2 setting out of the range hyper accepts.
     #[error("{setting} must be {allowed}")]
     OutOfRange {

@@ -898,3 +898,57 @@ async fn a_connection_error_at_drain_start_skips_one_connection() {
     );
     served(server).await;
 }
+
+/// Whether `conn` has received anything within 1 s (paused time).
+async fn answered_within_a_second(conn: &mut tokio::io::DuplexStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf)).await,
+        Ok(Ok(1..))
+    )
+}
+
+/// B66: at `max_connections` the server accepts no more until one closes (the others wait
+/// in the queue: backpressure, not errors); at drain start the queued ones are still
+/// served; zero is a configuration error.
+#[tokio::test(start_paused = true)]
+async fn the_connection_limit_holds_new_connections_until_one_closes() {
+    let shutdown = shutdown(Duration::from_secs(10));
+    let (connector, server) = serve_on_pipe(&shutdown, |serve| serve.max_connections(2));
+    let mut first = get_request_on(&connector, "/").await;
+    read_until(&mut first, "hello").await;
+    let mut second = get_request_on(&connector, "/").await;
+    read_until(&mut second, "hello").await;
+    let mut third = get_request_on(&connector, "/").await;
+    assert!(
+        !answered_within_a_second(&mut third).await,
+        "a third connection waits while two are open"
+    );
+    assert_eq!(shutdown.connections(), 2);
+    drop(first);
+    read_until(&mut third, "hello").await;
+    let mut fourth = get_request_on(&connector, "/").await;
+    assert!(
+        !answered_within_a_second(&mut fourth).await,
+        "two open again"
+    );
+    shutdown.trigger();
+    let text = read_until(&mut fourth, "hello").await;
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    drop((second, third));
+    served(server).await;
+
+    let (listener, _connector) = channel_listener();
+    let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
+        .max_connections(0)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("max_connections must be greater than zero"),
+        "{err}"
+    );
+}

@@ -84,6 +84,9 @@ pub(crate) struct Connection {
     probe: Probe,
     /// When the connection was accepted: the origin of `head_since`.
     accepted_at: Instant,
+    /// Its place under [`Serve::max_connections`](super::Serve::max_connections), given
+    /// back when the connection's last part (its IO, its services) is dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the first bytes of the next request arrived on the idle connection, as
     /// nanoseconds after `accepted_at` plus one; 0 while none have. Written by the IO on
     /// its first read after the connection goes idle (`AWAITING_HEAD`), read by the task.
@@ -120,6 +123,14 @@ struct Activity {
 impl Connection {
     /// The state of a connection just accepted.
     pub(crate) fn new(shutdown: Shutdown) -> Arc<Self> {
+        Connection::with_permit(shutdown, None)
+    }
+
+    /// The state of a connection just accepted, holding `permit` until it is dropped.
+    pub(crate) fn with_permit(
+        shutdown: Shutdown,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Arc<Self> {
         shutdown.counters().accepted();
         let now = Instant::now();
         Arc::new(Connection {
@@ -134,6 +145,7 @@ impl Connection {
             flags: AtomicU8::new(0),
             probe: Probe::default(),
             accepted_at: now,
+            _permit: permit,
             head_since: AtomicU64::new(0),
         })
     }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -176,6 +177,7 @@ where
         shutdown: shutdown.clone(),
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
         idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        max_connections: None,
         idle_close: None,
         new_connection_grace: DEFAULT_NEW_CONNECTION_GRACE,
         http1: Http1Settings::default(),
@@ -232,6 +234,7 @@ pub struct Serve<L, M> {
     shutdown: Shutdown,
     header_read_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
     /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
     idle_close: Option<IdleClose>,
     new_connection_grace: Duration,
@@ -299,6 +302,24 @@ impl<L, M> Serve<L, M> {
         self.idle_timeout = timeout;
         self
     }
+
+    /// At most this many connections open at once (default: no limit). At the limit the
+    /// server stops accepting: new connections wait in the kernel's accept queue (and,
+    /// once it is full, their handshakes wait), and one is taken each time an open
+    /// connection closes, so a flood, or two generations of a process sharing a socket,
+    /// meet backpressure rather than errors. A connection counts until its socket closes,
+    /// an upgraded one included. At drain start the connections already queued are still
+    /// accepted and served, beyond the limit (B55). Zero is an error
+    /// ([`ConfigError::ZeroMaxConnections`]), returned when the server is awaited.
+    pub fn max_connections(mut self, max: impl Into<Option<usize>>) -> Self {
+        let max = max.into();
+        if max == Some(0) {
+            self.config_error
+                .get_or_insert(ConfigError::ZeroMaxConnections);
+        }
+        self.max_connections = max;
+        self
+    }
 }
 
 impl<L, M> Serve<L, M> {
@@ -335,6 +356,7 @@ impl<L, M> Serve<L, M> {
             shutdown: self.shutdown,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
             idle_close: self.idle_close,
             new_connection_grace: self.new_connection_grace,
             http1: self.http1,
@@ -373,6 +395,7 @@ impl<L: fmt::Debug, M> fmt::Debug for Serve<L, M> {
             .field("shutdown", &self.shutdown)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("idle_close", &self.idle_close)
             .field("new_connection_grace", &self.new_connection_grace)
             .field("http1", &self.http1)
@@ -420,6 +443,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             shutdown,
             header_read_timeout,
             idle_timeout,
+            max_connections,
             idle_close,
             new_connection_grace,
             http1,
@@ -456,7 +480,17 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
 
         let drain_started = shutdown.lifecycle().reaching(Step::DrainStarted);
         tokio::pin!(drain_started);
+        let limit = max_connections.map(|max| Arc::new(Semaphore::new(max)));
         let failure = loop {
+            // At the limit, wait for a connection to close before accepting another.
+            let permit = match &limit {
+                Some(limit) => tokio::select! {
+                    biased;
+                    () = &mut drain_started => break None,
+                    permit = Arc::clone(limit).acquire_owned() => permit.ok(),
+                },
+                None => None,
+            };
             let accepted = tokio::select! {
                 biased;
                 () = &mut drain_started => break None,
@@ -464,7 +498,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             };
             let error = match accepted {
                 Ok((io, peer)) => {
-                    acceptor.connection(io, peer).await;
+                    acceptor.connection(io, peer, permit).await;
                     continue;
                 }
                 Err(error) => error,
@@ -508,9 +542,14 @@ struct Acceptor<M> {
 }
 
 impl<M> Acceptor<M> {
-    /// Serves one accepted connection on a task of its own.
-    async fn connection<L>(&mut self, io: L::Io, peer: L::Addr)
-    where
+    /// Serves one accepted connection on a task of its own (holding `permit`, its place
+    /// under the connection limit, until it closes).
+    async fn connection<L>(
+        &mut self,
+        io: L::Io,
+        peer: L::Addr,
+        permit: Option<OwnedSemaphorePermit>,
+    ) where
         L: Listener,
         M: MakeService<L>,
     {
@@ -523,7 +562,7 @@ impl<M> Acceptor<M> {
             .make_service(IncomingConnection::new(&io, peer))
             .await;
         let service = made.unwrap_or_else(|never| match never {});
-        let connection = Connection::new(shutdown.clone());
+        let connection = Connection::with_permit(shutdown.clone(), permit);
         let io = WatchedIo::new(
             io,
             Arc::clone(&connection),
@@ -590,7 +629,7 @@ impl<M> Acceptor<M> {
             match next {
                 Ok((io, peer)) => {
                     accepted += 1;
-                    self.connection::<L>(io, peer).await;
+                    self.connection::<L>(io, peer, None).await;
                 }
                 Err(error) if AcceptError::of(&error) == AcceptError::Connection => {}
                 Err(error) => {
