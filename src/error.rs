@@ -58,6 +58,9 @@ pub enum ConfigError {
     /// [`Serve::max_connections`](crate::Serve::max_connections) was zero.
     #[error("max_connections must be greater than zero; pass None for no limit")]
     ZeroMaxConnections,
+    /// [`Serve::max_connection_age`](crate::Serve::max_connection_age) was zero.
+    #[error("max_connection_age must be greater than zero; pass None for no limit")]
+    ZeroMaxConnectionAge,
     /// An HTTP/1 or HTTP/2 setting out of the range hyper accepts.
     #[error("{setting} must be {allowed}")]
     OutOfRange {

@@ -393,3 +393,44 @@ async fn after_next_request_closes_a_once_busy_connection_when_the_wait_ends() {
     );
     served(server).await;
 }
+
+/// B66: an HTTP/1 connection older than `max_connection_age` is closed after its next
+/// response, which carries `Connection: close`; an idle one is not closed under a request
+/// that may be on its way.
+#[tokio::test(start_paused = true)]
+async fn an_http1_connection_past_its_max_age_closes_after_its_next_response() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .max_connection_age(Duration::from_secs(10))
+            .into_future(),
+    );
+    let mut conn = get_request_on(&connector, "/").await;
+    let first = read_until(&mut conn, "hello").await;
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    send_get(&mut conn, "/").await;
+    let (text, end) = read_to_end(&mut conn).await;
+    assert!(
+        text.ends_with("hello") && text.to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+    assert_eq!(end, End::Eof);
+    shutdown.trigger();
+    served(server).await;
+
+    let (listener, _connector) = channel_listener();
+    let err = httpdown::serve(listener, app(Arc::default()), &Shutdown::new())
+        .max_connection_age(Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("max_connection_age must be greater than zero"),
+        "{err}"
+    );
+}

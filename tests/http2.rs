@@ -698,3 +698,35 @@ async fn a_plain_h2_stream_cut_at_the_stop_deadline_never_ends_cleanly() {
         served(server).await;
     }
 }
+
+/// B66: a connection older than `max_connection_age` (less up to a tenth) gets GOAWAY:
+/// a stream still streaming finishes, the connection then ends, and the client opens a
+/// new one for its next requests; before that age, it is left alone.
+#[tokio::test(start_paused = true)]
+async fn an_h2_connection_past_its_max_age_gets_goaway_and_its_streams_finish() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (listener, connector) = channel_listener();
+    let server = tokio::spawn(
+        httpdown::serve(listener, app(Arc::default()), &shutdown)
+            .max_connection_age(Duration::from_secs(10))
+            .into_future(),
+    );
+    let opened = Instant::now();
+    let mut h2 = H2::handshake(connector.connect(), true).await;
+    h2.get(1, "/").await;
+    h2.until(|h2| h2.end_of(1).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(8_900)).await;
+    assert!(h2.goaways().is_empty(), "no GOAWAY at 8.9 s: {h2:#?}");
+    // A response that runs across the age limit.
+    h2.get(3, "/slow?ms=3000").await;
+    h2.until(|h2| !h2.goaways().is_empty()).await;
+    let goaway_at = opened.elapsed();
+    assert!(
+        goaway_at >= Duration::from_secs(9) && goaway_at <= Duration::from_secs(10),
+        "GOAWAY {goaway_at:?} after the connection opened"
+    );
+    assert_eq!(h2.read_to_eof().await, End::Eof, "{h2:#?}");
+    assert_eq!(h2.body(3), "start\nend\n", "the stream finished: {h2:#?}");
+    shutdown.trigger();
+    served(server).await;
+}

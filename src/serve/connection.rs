@@ -43,6 +43,9 @@ pub(crate) struct Closing {
     pub(crate) header_read_timeout: Option<Duration>,
     /// How long an HTTP/1 keep-alive connection may stay idle between requests.
     pub(crate) idle_timeout: Option<Duration>,
+    /// How long a connection is used before it is retired (HTTP/2: GOAWAY; HTTP/1: the
+    /// next response closes it), less up to a tenth for spread.
+    pub(crate) max_age: Option<Duration>,
     /// How long a connection that has sent nothing yet may take, from its accept, to
     /// begin its first request once the drain has started (B20).
     pub(crate) new_connection_grace: Duration,
@@ -54,6 +57,7 @@ impl Closing {
         idle_close: Some(IdleClose::Immediately),
         header_read_timeout: None,
         idle_timeout: None,
+        max_age: None,
         new_connection_grace: Duration::ZERO,
     };
 
@@ -106,6 +110,8 @@ const GRPC: u8 = 8;
 /// The connection went idle after a request and has read nothing since: the IO records
 /// when the next request's first bytes arrive.
 const AWAITING_HEAD: u8 = 16;
+/// The connection has reached its maximum age: its next HTTP/1 response closes it.
+const RETIRING: u8 = 32;
 
 #[derive(Debug)]
 struct Activity {
@@ -282,6 +288,11 @@ impl Connection {
     /// A gRPC call arrived on this connection.
     pub(crate) fn mark_grpc(&self) {
         self.set(GRPC);
+    }
+
+    /// The connection has reached its maximum age.
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.has(RETIRING)
     }
 
     pub(crate) fn is_grpc(&self) -> bool {
@@ -515,6 +526,15 @@ where
     end
 }
 
+/// When a connection of `max_age` is retired: its age less up to a tenth, spread by the
+/// connection's own address so that connections accepted together are not all retired
+/// at once.
+fn retire_at(connection: &Connection, max_age: Duration) -> Option<Instant> {
+    let spread = (connection as *const Connection as usize / 64) % 1_000;
+    let early = max_age / 10 * u32::try_from(spread).unwrap_or(0) / 1_000;
+    connection.accepted_at.checked_add(max_age - early)
+}
+
 /// An instant no timer reaches (tokio's own far future is not public).
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
@@ -527,9 +547,28 @@ where
     let connection = watch.connection;
     let until_drain = Until {
         drain_start: true,
+        deadline: closing.max_age.and_then(|age| retire_at(connection, age)),
         ..Until::default()
     };
-    let event = watch.until(conn.as_mut(), until_drain).await;
+    let mut event = watch.until(conn.as_mut(), until_drain).await;
+    if let Event::Deadline = event {
+        // Old enough: retired, so that clients reconnect and traffic spreads over the
+        // instances started since (after a rolling restart, say).
+        connection.set(RETIRING);
+        if connection.is_http2() {
+            // GOAWAY: the streams in flight finish, no new one starts.
+            conn.as_mut().graceful_shutdown();
+            let event = watch.until(conn.as_mut(), Until::default()).await;
+            return End::of(event).unwrap_or(End::ForceClosed);
+        }
+        // HTTP/1: the next response carries `Connection: close` (an idle connection is not
+        // closed under a request that may be on its way).
+        let until_drain = Until {
+            drain_start: true,
+            ..Until::default()
+        };
+        event = watch.until(conn.as_mut(), until_drain).await;
+    }
     if let Some(end) = End::of(event) {
         return end;
     }

@@ -178,6 +178,7 @@ where
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
         idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         max_connections: None,
+        max_connection_age: None,
         idle_close: None,
         new_connection_grace: DEFAULT_NEW_CONNECTION_GRACE,
         http1: Http1Settings::default(),
@@ -235,6 +236,7 @@ pub struct Serve<L, M> {
     header_read_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    max_connection_age: Option<Duration>,
     /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
     idle_close: Option<IdleClose>,
     new_connection_grace: Duration,
@@ -320,6 +322,25 @@ impl<L, M> Serve<L, M> {
         self.max_connections = max;
         self
     }
+
+    /// Retires each connection once it is this old (default: never), less up to a tenth
+    /// so that connections accepted together are not retired together: an HTTP/2
+    /// connection gets GOAWAY (its streams finish, its client opens a new connection for
+    /// the next ones), an HTTP/1 connection closes after its next response, which carries
+    /// `Connection: close`. After a rolling restart, long-lived HTTP/2 and gRPC
+    /// connections stay on the instances that were up first; an age limit spreads them
+    /// again (gRPC's `MAX_CONNECTION_AGE`). `None`, or a century or more, is no limit;
+    /// zero is an error ([`ConfigError::ZeroMaxConnectionAge`]), returned when the server
+    /// is awaited.
+    pub fn max_connection_age(mut self, age: impl Into<Option<Duration>>) -> Self {
+        let age = age.into().filter(|d| *d < NO_TIMEOUT_AFTER);
+        if age == Some(Duration::ZERO) {
+            self.config_error
+                .get_or_insert(ConfigError::ZeroMaxConnectionAge);
+        }
+        self.max_connection_age = age;
+        self
+    }
 }
 
 impl<L, M> Serve<L, M> {
@@ -357,6 +378,7 @@ impl<L, M> Serve<L, M> {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            max_connection_age: self.max_connection_age,
             idle_close: self.idle_close,
             new_connection_grace: self.new_connection_grace,
             http1: self.http1,
@@ -444,6 +466,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
             header_read_timeout,
             idle_timeout,
             max_connections,
+            max_connection_age,
             idle_close,
             new_connection_grace,
             http1,
@@ -474,6 +497,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
                 idle_close,
                 header_read_timeout,
                 idle_timeout,
+                max_age: max_connection_age,
                 new_connection_grace,
             },
         };

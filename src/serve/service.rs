@@ -115,7 +115,10 @@ impl Counted for ConnGuard {
             || (self.extended_connect && status.is_success());
         if upgraded {
             self.connection.mark_upgraded();
-        } else if self.http1 && self.connection.lifecycle().reached(Step::DrainStarted) {
+        } else if self.http1
+            && (self.connection.lifecycle().reached(Step::DrainStarted)
+                || self.connection.is_retiring())
+        {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
