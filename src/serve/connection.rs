@@ -211,7 +211,8 @@ impl Connection {
         }
     }
 
-    #[cold]
+    /// Once per request on a keep-alive connection: kept out of the read path.
+    #[inline(never)]
     fn head_began(&self) {
         self.flags.fetch_and(!AWAITING_HEAD, Ordering::Relaxed);
         let since = self.accepted_at.elapsed().as_nanos();
