@@ -400,12 +400,9 @@ async fn after_next_request_closes_a_once_busy_connection_when_the_wait_ends() {
 #[tokio::test(start_paused = true)]
 async fn an_http1_connection_past_its_max_age_closes_after_its_next_response() {
     let shutdown = shutdown(Duration::from_secs(30));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .max_connection_age(Duration::from_secs(10))
-            .into_future(),
-    );
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
+        serve.max_connection_age(Duration::from_secs(10))
+    });
     let mut conn = get_request_on(&connector, "/").await;
     let first = read_until(&mut conn, "hello").await;
     assert!(

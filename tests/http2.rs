@@ -705,12 +705,9 @@ async fn a_plain_h2_stream_cut_at_the_stop_deadline_never_ends_cleanly() {
 #[tokio::test(start_paused = true)]
 async fn an_h2_connection_past_its_max_age_gets_goaway_and_its_streams_finish() {
     let shutdown = shutdown(Duration::from_secs(30));
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), &shutdown)
-            .max_connection_age(Duration::from_secs(10))
-            .into_future(),
-    );
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
+        serve.max_connection_age(Duration::from_secs(10))
+    });
     let opened = Instant::now();
     let mut h2 = H2::handshake(connector.connect(), true).await;
     h2.get(1, "/").await;

@@ -671,22 +671,6 @@ async fn a_request_longer_than_the_header_read_timeout_completes() {
     served(server).await;
 }
 
-/// Serves the test app over in-memory pipes (paused time), with `options` applied to the
-/// server.
-fn serve_on_pipe(
-    shutdown: &Shutdown,
-    options: impl FnOnce(
-        httpdown::Serve<ChannelListener, axum::Router>,
-    ) -> httpdown::Serve<ChannelListener, axum::Router>,
-) -> (
-    Connector,
-    tokio::task::JoinHandle<Result<httpdown::Report, Error>>,
-) {
-    let (listener, connector) = channel_listener();
-    let serving = options(httpdown::serve(listener, app(Arc::default()), shutdown));
-    (connector, tokio::spawn(serving.into_future()))
-}
-
 /// Reads until the server closes `conn` (after `hello`, nothing more may come) and
 /// returns how long after `since` that was.
 async fn closed_after(conn: &mut tokio::io::DuplexStream, since: Instant) -> Duration {
@@ -716,7 +700,7 @@ async fn closed_within(
 #[tokio::test(start_paused = true)]
 async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_read_timeout() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
         serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(Duration::from_secs(10))
@@ -743,7 +727,7 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_rea
 #[tokio::test(start_paused = true)]
 async fn a_head_begun_on_an_idle_connection_gets_the_header_read_timeout_from_its_first_byte() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
         serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(Duration::from_secs(10))
@@ -775,7 +759,7 @@ async fn a_head_begun_on_an_idle_connection_gets_the_header_read_timeout_from_it
 #[tokio::test(start_paused = true)]
 async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
         serve
             .header_read_timeout(Duration::from_secs(1))
             .idle_timeout(None)
@@ -814,7 +798,7 @@ async fn no_idle_timeout_keeps_idle_connections_and_zero_is_an_error() {
 async fn long_and_default_timeouts_are_kept() {
     let long = Duration::from_secs(547 * 86_400);
     let shutdown = shutdown(Duration::from_secs(10));
-    let (connector, server) = serve_on_pipe(&shutdown, |serve| {
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
         serve
             .idle_timeout(long)
             // Alone, so the connection's timer is not looked at every 30 s for 1.5 years.
@@ -914,7 +898,7 @@ async fn answered_within_a_second(conn: &mut tokio::io::DuplexStream) -> bool {
 #[tokio::test(start_paused = true)]
 async fn the_connection_limit_holds_new_connections_until_one_closes() {
     let shutdown = shutdown(Duration::from_secs(10));
-    let (connector, server) = serve_on_pipe(&shutdown, |serve| serve.max_connections(2));
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| serve.max_connections(2));
     let mut first = get_request_on(&connector, "/").await;
     read_until(&mut first, "hello").await;
     let mut second = get_request_on(&connector, "/").await;

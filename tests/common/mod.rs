@@ -164,6 +164,19 @@ pub fn channel_listener() -> (ChannelListener, Connector) {
     (ChannelListener { rx }, Connector { tx })
 }
 
+/// Serves the test app over in-memory pipes (paused time), with `options` applied to the
+/// server.
+pub fn serve_pipe_with(
+    shutdown: &Shutdown,
+    options: impl FnOnce(
+        httpdown::Serve<ChannelListener, Router>,
+    ) -> httpdown::Serve<ChannelListener, Router>,
+) -> (Connector, JoinHandle<Result<Report, Error>>) {
+    let (listener, connector) = channel_listener();
+    let serving = options(httpdown::serve(listener, app(Arc::default()), shutdown));
+    (connector, tokio::spawn(serving.into_future()))
+}
+
 /// Connects through `connector` and sends `GET path` with keep-alive.
 pub async fn get_request_on(connector: &Connector, path: &str) -> DuplexStream {
     let mut conn = connector.connect();
