@@ -78,6 +78,34 @@ wrk_figures() {
     W_PARTS="connect $connect, read $read, write $write, timeout $timeout"
 }
 
+# start_wrk DIR WRK_ARG...: starts wrk (for at most 300 s, stopped by stop_wrk) with its
+# output in DIR/wrk.out, then gives it a second of load before anything happens.
+start_wrk() {
+    local dir=$1
+    shift
+    wrk -d300s --timeout 5s "$@" >"$dir/wrk.out" 2>&1 &
+    WRK_PID=$!
+    PIDS+=("$WRK_PID")
+    sleep 1
+}
+
+# stop_wrk DIR: after a second more, stops wrk, prints its summary and sets the W_
+# figures; a wrk that had exited, would not stop, or completed nothing is a problem.
+stop_wrk() {
+    local dir=$1
+    sleep 1
+    kill -INT "$WRK_PID" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
+    wait_exit "$WRK_PID" 15
+    if [ "$RC" = timeout ]; then
+        R_PROBLEMS+=("wrk did not stop")
+        kill -KILL "$WRK_PID" 2>/dev/null || true
+    fi
+    sed 's/^/  wrk: /' "$dir/wrk.out"
+    grep -q ' requests in ' "$dir/wrk.out" || R_PROBLEMS+=("no wrk summary")
+    wrk_figures "$dir/wrk.out"
+    [ "$W_REQUESTS" -gt 0 ] || R_PROBLEMS+=("no requests completed")
+}
+
 # --- the rolling restart, behind either proxy ---------------------------------------------
 
 # start_proxy KIND DIR A B: starts HAProxy or nginx in front of ports A and B on a free port;
@@ -131,11 +159,7 @@ rolling_run() {
     local pid_b=$DEMO_PID port_b=$DEMO_PORT
     start_proxy "$kind" "$dir" "$port_a" "$port_b"
 
-    wrk -t2 -c32 -d300s --timeout 5s -s .ci/topologies/post-get.lua \
-        "http://127.0.0.1:$PROXY_PORT/" >"$dir/wrk.out" 2>&1 &
-    local wrk_pid=$!
-    PIDS+=("$wrk_pid")
-    sleep 1
+    start_wrk "$dir" -t2 -c32 -s .ci/topologies/post-get.lua "http://127.0.0.1:$PROXY_PORT/"
 
     R_RESTARTS=0
     for i in $(seq "$rounds"); do
@@ -152,13 +176,7 @@ rolling_run() {
             sleep 0.6
         done
     done
-    sleep 1
-    kill -INT "$wrk_pid" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
-    wait_exit "$wrk_pid" 15
-    if [ "$RC" = timeout ]; then
-        R_PROBLEMS+=("wrk did not stop")
-        kill -KILL "$wrk_pid" 2>/dev/null || true
-    fi
+    stop_wrk "$dir"
     case $kind in
     nginx) kill -QUIT "$PROXY_PID" 2>/dev/null || R_PROBLEMS+=("nginx had already exited") ;;
     *) kill -TERM "$PROXY_PID" 2>/dev/null || R_PROBLEMS+=("$kind had already exited") ;;
@@ -169,10 +187,6 @@ rolling_run() {
     wait_exit "$pid_a" 30
     wait_exit "$pid_b" 30
 
-    sed 's/^/  wrk: /' "$dir/wrk.out"
-    grep -q ' requests in ' "$dir/wrk.out" || R_PROBLEMS+=("no wrk summary")
-    wrk_figures "$dir/wrk.out"
-    [ "$W_REQUESTS" -gt 0 ] || R_PROBLEMS+=("no requests completed")
     if [ "$kind" = nginx ]; then
         # What nginx saw, by its error log's wording (reported): POSTs it could not send
         # again, and connects refused (retried).
@@ -300,11 +314,7 @@ lag_run() {
         exec 3>&-
     }
 
-    wrk -t2 -c16 -d300s --timeout 5s -H "Connection: close" \
-        "http://127.0.0.1:$lport/?duration=10ms" >"$dir/wrk.out" 2>&1 &
-    local wrk_pid=$!
-    PIDS+=("$wrk_pid")
-    sleep 1
+    start_wrk "$dir" -t2 -c16 -H "Connection: close" "http://127.0.0.1:$lport/?duration=10ms"
 
     R_RESTARTS=0
     for i in $(seq "$rounds"); do
@@ -326,18 +336,13 @@ lag_run() {
             sleep 0.3
         done
     done
-    sleep 1
-    kill -INT "$wrk_pid" 2>/dev/null || R_PROBLEMS+=("wrk had already exited")
-    wait_exit "$wrk_pid" 15
+    stop_wrk "$dir"
     kill -TERM "$lpid" 2>/dev/null || R_PROBLEMS+=("lagproxy had already exited")
     wait_exit "$lpid" 10
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait_exit "${pids[0]}" 30
     wait_exit "${pids[1]}" 30
 
-    sed 's/^/  wrk: /' "$dir/wrk.out"
-    wrk_figures "$dir/wrk.out"
-    [ "$W_REQUESTS" -gt 0 ] || R_PROBLEMS+=("no requests completed")
     local out
     out=$(cat "$dir/lag.out")
     grep -q '^connections=' <<<"$out" || R_PROBLEMS+=("no lagproxy summary")

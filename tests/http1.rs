@@ -20,13 +20,7 @@ fn serve_on_pipe(
     Connector,
     tokio::task::JoinHandle<Result<httpdown::Report, Error>>,
 ) {
-    let (listener, connector) = channel_listener();
-    let server = tokio::spawn(
-        httpdown::serve(listener, app(Arc::default()), shutdown)
-            .idle_close(idle_close)
-            .into_future(),
-    );
-    (connector, server)
+    serve_pipe_with(shutdown, |serve| serve.idle_close(idle_close))
 }
 
 /// Splits raw HTTP/1 responses read from one connection into their status lines.
