@@ -14,6 +14,9 @@
 //!   `event: shutdown` with `data: bye`, then the stream ends cleanly.
 //! - `GET /ws`: a WebSocket echo server; at drain start it sends a Close frame with code
 //!   1001 and ends once the client answers (or at the stop deadline).
+//! - `GET /download?size=N`: N bytes (`x`s ending in a newline), streamed in 64 KiB
+//!   chunks as fast as the client takes them: a response whose length is set by the
+//!   network (a slow or vanished client), not by the handler.
 //! - any other path, any method: `?duration=D` writes `going to sleep D with pid PID`,
 //!   sleeps D, then writes `slept D with pid PID` (a request body is read and discarded
 //!   first).
@@ -187,6 +190,7 @@ async fn main() -> ExitCode {
     let app = Router::new()
         .route("/sse", get(sse))
         .route("/ws", get(ws))
+        .route("/download", get(download))
         .route_service("/healthz", shutdown.readiness())
         .fallback(sleep);
     // Built before the start line: a signal sent as soon as the line is read drains this
@@ -269,6 +273,47 @@ async fn sleep(Query(query): Query<HashMap<String, String>>, body: Body) -> Resp
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// `GET /download?size=N`: N bytes in 64 KiB chunks, the last one a newline.
+async fn download(Query(query): Query<HashMap<String, String>>) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let raw = query.get("size").map(String::as_str).unwrap_or_default();
+    let size: usize = match raw.parse() {
+        Ok(size) if size > 0 => size,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid size {raw:?}: a number of bytes above 0\n"),
+            )
+                .into_response()
+        }
+    };
+    let full = Bytes::from(vec![b'x'; CHUNK]);
+    let chunks = stream::unfold(size, move |left| {
+        let full = full.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(CHUNK);
+            let mut chunk = full.slice(..n);
+            if n == left {
+                let mut last = chunk.to_vec();
+                last[n - 1] = b'\n';
+                chunk = Bytes::from(last);
+            }
+            Some((Ok::<_, Infallible>(chunk), left - n))
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(chunks),
     )
         .into_response()
 }
