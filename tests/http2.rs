@@ -727,3 +727,32 @@ async fn an_h2_connection_past_its_max_age_gets_goaway_and_its_streams_finish() 
     shutdown.trigger();
     served(server).await;
 }
+
+/// B66: an HTTP/2 connection with no stream open for its idle timeout gets GOAWAY and
+/// closes, counted from its last stream's end (a stream running longer than the timeout
+/// keeps it open; PINGs do not count as use).
+#[tokio::test(start_paused = true)]
+async fn an_idle_h2_connection_gets_goaway_at_its_idle_timeout() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
+        serve.idle_timeout(Duration::from_secs(5))
+    });
+    let mut h2 = H2::handshake(connector.connect(), true).await;
+    // A stream of 8 s: longer than the idle timeout, which does not count while it runs.
+    h2.get(1, "/slow?ms=8000").await;
+    h2.until(|h2| h2.end_of(1).is_some()).await;
+    assert!(h2.goaways().is_empty(), "GOAWAY under a stream: {h2:#?}");
+    let ended = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h2.ping(*b"stillup!").await;
+    h2.until(|h2| !h2.goaways().is_empty()).await;
+    let goaway_at = ended.elapsed();
+    assert!(
+        goaway_at >= Duration::from_secs(5) && goaway_at < Duration::from_millis(5_010),
+        "GOAWAY {goaway_at:?} after the last stream ended"
+    );
+    assert_eq!(h2.read_to_eof().await, End::Eof, "{h2:#?}");
+    assert_eq!(h2.body(1), "start\nend\n", "{h2:#?}");
+    shutdown.trigger();
+    served(server).await;
+}

@@ -235,8 +235,10 @@ impl Connection {
 
     /// When an idle HTTP/1 connection is closed: `header_read_timeout` after its accept
     /// for its first request, or after the first bytes of a later one; `idle_timeout`
-    /// after its last response while nothing has arrived. `None` while a request runs
-    /// (or with no such timeout).
+    /// after its last response while nothing has arrived. An HTTP/2 connection: its
+    /// `idle_timeout` after its accept or its last stream's end (frames that open no
+    /// stream, PINGs say, do not count). `None` while a request runs (or with no such
+    /// timeout).
     fn idle_deadline(
         &self,
         header_read_timeout: Option<Duration>,
@@ -245,6 +247,9 @@ impl Connection {
         let activity = self.activity();
         if activity.active > 0 {
             return None;
+        }
+        if self.is_http2() {
+            return activity.idle_since.checked_add(idle_timeout?);
         }
         if activity.started == 0 {
             return activity.idle_since.checked_add(header_read_timeout?);
@@ -552,6 +557,14 @@ where
         ..Until::default()
     };
     let mut event = watch.until(conn.as_mut(), until_drain).await;
+    if matches!(event, Event::TimedOut) && connection.is_http2() {
+        // Idle for its idle timeout: GOAWAY, which also tells a client that opened a
+        // stream meanwhile whether it was taken (hyper then serves it to its end).
+        watch.step = None;
+        conn.as_mut().graceful_shutdown();
+        let event = watch.until(conn.as_mut(), Until::default()).await;
+        return End::of(event).unwrap_or(End::ForceClosed);
+    }
     if let Event::Deadline = event {
         // Old enough: retired, so that clients reconnect and traffic spreads over the
         // instances started since (after a rolling restart, say).
@@ -652,7 +665,7 @@ impl Watch<'_> {
             return false;
         }
         let connection = self.connection;
-        if connection.is_http2() || connection.is_handed_over() {
+        if connection.is_handed_over() {
             return false;
         }
         // While a request runs there is nothing to time out; its end wakes this task.

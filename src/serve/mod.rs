@@ -287,7 +287,11 @@ impl<L, M> Serve<L, M> {
     /// How long an HTTP/1 keep-alive connection may wait for its next request, from the
     /// end of its last response until the request's first bytes, before it is closed
     /// (default [`DEFAULT_IDLE_TIMEOUT`], 620 s; `None`, or a century or more, keeps idle
-    /// connections open until the client closes them or the drain starts).
+    /// connections open until the client closes them or the drain starts). An HTTP/2
+    /// connection with no stream open for as long (since its accept or its last stream's
+    /// end; PINGs and other frames do not count) gets GOAWAY and closes: a stream its
+    /// client opened meanwhile is either served to its end or, by the GOAWAY's last
+    /// stream id, known to the client as not processed.
     ///
     /// Behind a proxy or load balancer that keeps connections to this server alive, make
     /// it longer than the proxy's own idle timeout for them (nginx's upstream
