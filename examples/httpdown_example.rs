@@ -100,6 +100,11 @@ struct Args {
     /// new generation is ready only after it).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     startup_delay: Duration,
+    /// Expect a PROXY protocol header (v1 or v2, HAProxy's `send-proxy` or
+    /// `send-proxy-v2`) on every connection, before TLS if any; connections without one
+    /// are closed.
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 fn parse_idle_close(value: &str) -> Result<IdleClose, String> {
@@ -196,21 +201,35 @@ async fn main() -> ExitCode {
     // Built before the start line: a signal sent as soon as the line is read drains this
     // server instead of finishing the shutdown before it starts.
     let idle_close = args.idle_close;
-    let serving = match tls {
-        Some(config) => {
-            let serve = httpdown::serve(TlsListener::new(listener, config), app, &shutdown);
-            match idle_close {
-                Some(idle_close) => serve.idle_close(idle_close).into_future(),
-                None => serve.into_future(),
-            }
+    // One future whatever the listener, with the `--idle-close` asked for.
+    fn start<L: httpdown::Listener>(
+        serve: httpdown::Serve<L, Router>,
+        idle_close: Option<IdleClose>,
+    ) -> httpdown::ServeFuture
+    where
+        Router: httpdown::MakeService<L>,
+    {
+        match idle_close {
+            Some(idle_close) => serve.idle_close(idle_close).into_future(),
+            None => serve.into_future(),
         }
-        None => {
-            let serve = httpdown::serve(listener, app, &shutdown);
-            match idle_close {
-                Some(idle_close) => serve.idle_close(idle_close).into_future(),
-                None => serve.into_future(),
-            }
+    }
+    use httpdown::proxy_protocol::ProxyProtocolListener;
+    let serving = match (tls, args.proxy_protocol) {
+        (Some(config), false) => start(
+            httpdown::serve(TlsListener::new(listener, config), app, &shutdown),
+            idle_close,
+        ),
+        (Some(config), true) => {
+            // The header comes first, then the TLS handshake.
+            let listener = TlsListener::new(ProxyProtocolListener::new(listener), config);
+            start(httpdown::serve(listener, app, &shutdown), idle_close)
         }
+        (None, false) => start(httpdown::serve(listener, app, &shutdown), idle_close),
+        (None, true) => start(
+            httpdown::serve(ProxyProtocolListener::new(listener), app, &shutdown),
+            idle_close,
+        ),
     };
     if !args.startup_delay.is_zero() {
         tokio::time::sleep(args.startup_delay).await;

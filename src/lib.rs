@@ -133,6 +133,8 @@
 //!   `ConnectInfo` for [`serve`], `axum::GracefulWebSocket`, `axum::AxumListener`.
 //! - `metrics`: the statistics through the `metrics` facade ([`metric_names`]).
 //! - `tls`: HTTPS with rustls, `tls::TlsListener`.
+//! - `proxy-protocol`: the PROXY protocol (v1 and v2) behind a load balancer,
+//!   `proxy_protocol::ProxyProtocolListener`: the client's address, not the proxy's.
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]
@@ -160,6 +162,9 @@ mod until_drain;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(feature = "proxy-protocol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
+pub mod proxy_protocol;
 #[cfg(all(unix, feature = "restart"))]
 #[cfg_attr(docsrs, doc(cfg(all(unix, feature = "restart"))))]
 pub mod restart;
