@@ -11,8 +11,9 @@
 #      (one failed check), asserted: 0 non-2xx and 0 socket errors at wrk. Then without the
 #      drain delay, reported only: the instance closes idle connections HAProxy is about
 #      to use.
-#      The same over HTTP/2 (h2c) to the instances (`proto h2`, B62), with the drain
-#      delay, asserted the same way.
+#      The same over HTTP/2 (h2c) to the instances (`proto h2`, B62), and with a PROXY
+#      protocol v2 header on each connection to them (`send-proxy-v2`, the demo's
+#      `--proxy-protocol`, B66), with the drain delay, asserted the same way.
 #   2. nginx (B61), .ci/topologies/nginx.conf.in: no active checks, keep-alive to the
 #      instances with `keepalive_timeout 4s`, only errors sent to the other instance (never
 #      a POST already sent). With the instances keeping each idle connection through their
@@ -116,7 +117,7 @@ start_proxy() {
     for attempt in 1 2 3 4 5; do
         PROXY_PORT=$(free_port)
         sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$PROXY_PORT#g" -e "s#@A@#$a#g" -e "s#@B@#$b#g" \
-            -e "s#@PROTO@#${UPSTREAM_PROTO:-}#g" \
+            -e "s#@SERVER_OPTS@#${SERVER_OPTS:-}#g" \
             ".ci/topologies/$kind.conf.in" >"$dir/$kind.conf"
         case $kind in
         haproxy) haproxy -db -f "$dir/haproxy.conf" >"$dir/proxy.log" 2>&1 & ;;
@@ -234,10 +235,22 @@ step "HAProxy rolling restart, HTTP/2 (h2c) to the instances, drain delay 1 s: $
 # B62: HAProxy multiplexes requests as streams on HTTP/2 connections to the instances; at
 # drain start an instance sends GOAWAY, its streams in flight finish, and HAProxy opens
 # no new ones there.
-UPSTREAM_PROTO="proto h2" rolling_run haproxy h2 "$ROUNDS" --drain-delay 1s
+SERVER_OPTS="proto h2" rolling_run haproxy h2 "$ROUNDS" --drain-delay 1s
 hap2="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
 log "h2c upstream, drain delay 1 s: $hap2"
 check "HAProxy rolling restart over h2c"
+
+step "HAProxy rolling restart, PROXY protocol v2 to the instances, drain delay 1 s: $ROUNDS rounds of 2 instances"
+# B66: HAProxy opens each connection to an instance with a PROXY protocol v2 header (its
+# checks too), which the instances require (--proxy-protocol): the drain and the rolling
+# restart lose nothing through it. (That the app sees the client's address is
+# tests/proxy_protocol.rs's.)
+export CURL_PROXY_HEADER=1
+SERVER_OPTS="send-proxy-v2 check-send-proxy" rolling_run haproxy proxyv2 "$ROUNDS" --drain-delay 1s --proxy-protocol
+unset CURL_PROXY_HEADER
+happ="$R_RESTARTS restarts, $W_REQUESTS requests, $W_NON2XX non-2xx, $W_SOCKERR socket errors ($W_PARTS)"
+log "PROXY v2, drain delay 1 s: $happ"
+check "HAProxy rolling restart with the PROXY protocol"
 
 # --- 2. nginx -----------------------------------------------------------------------------
 
@@ -372,6 +385,7 @@ check_process "endpoint lag without a drain delay"
 step "summary"
 log "HAProxy, POST and GET, drain delay 1 s: $hap; without it: $hap0"
 log "HAProxy, POST and GET over h2c to the instances, drain delay 1 s: $hap2"
+log "HAProxy, POST and GET with a PROXY protocol v2 header to the instances, drain delay 1 s: $happ"
 log "nginx, POST and GET, idle connections kept (after-next-request=6s): $ngx; IdleClose::Immediately: $ngx0"
 log "Caddy, POST and GET, drain delay 1 s: $cad"
 log "endpoint lag 1 s, new connection per request, drain delay 1.5 s: $lag; without: $lag0"

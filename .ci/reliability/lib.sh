@@ -139,7 +139,9 @@ start_ready() {
     local name=$1 port=$2 i
     start_demo "$@"
     for i in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null && return 0
+        # (CURL_PROXY_HEADER=1: the instance requires a PROXY protocol header.)
+        curl ${CURL_PROXY_HEADER:+--haproxy-protocol} -fsS -o /dev/null \
+            "http://127.0.0.1:$port/healthz" 2>/dev/null && return 0
         sleep 0.1
     done
     R_PROBLEMS+=("instance $name not ready after restart")
