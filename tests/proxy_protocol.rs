@@ -8,7 +8,7 @@ mod common;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -438,45 +438,17 @@ async fn tls_over_proxy_protocol() {
 
 mod tls {
     use super::*;
-    use httpdown::tls::rustls::pki_types::{
-        CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
-    };
-    use httpdown::tls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+    use httpdown::tls::rustls::pki_types::ServerName;
+    use httpdown::tls::rustls::ServerConfig;
     use tokio_rustls::client::TlsStream;
-    use tokio_rustls::TlsConnector;
-
-    fn pki() -> &'static (Arc<ServerConfig>, CertificateDer<'static>) {
-        static PKI: OnceLock<(Arc<ServerConfig>, CertificateDer<'static>)> = OnceLock::new();
-        PKI.get_or_init(|| {
-            let certified =
-                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            let cert = certified.cert.der().clone();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                certified.signing_key.serialize_der(),
-            ));
-            (
-                httpdown::tls::config(vec![cert.clone()], key).unwrap(),
-                cert,
-            )
-        })
-    }
 
     pub(super) fn server_config() -> Arc<ServerConfig> {
-        pki().0.clone()
+        pki().server.clone()
     }
 
     pub(super) async fn connect(tcp: TcpStream) -> TlsStream<TcpStream> {
-        let mut roots = RootCertStore::empty();
-        roots.add(pki().1.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connecting = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp);
+        let connecting =
+            tls_connector(b"http/1.1").connect(ServerName::try_from("localhost").unwrap(), tcp);
         tokio::time::timeout(BOUND, connecting)
             .await
             .expect("TLS handshake in time")

@@ -6,63 +6,24 @@
 mod common;
 
 use std::future::IntoFuture;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use httpdown::tls::rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
-};
-use httpdown::tls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use httpdown::tls::rustls::pki_types::ServerName;
 use httpdown::tls::TlsListener;
 use httpdown::{Outcome, Shutdown};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
-
-struct Pki {
-    server: Arc<ServerConfig>,
-    cert: CertificateDer<'static>,
-}
-
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let certified = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-        ])
-        .unwrap();
-        let cert = certified.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        let server = httpdown::tls::config(vec![cert.clone()], key).unwrap();
-        Pki { server, cert }
-    })
-}
-
-fn connector(alpn: &[u8]) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(pki().cert.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
 
 async fn tls_connect<S>(io: S, alpn: &[u8]) -> tokio_rustls::client::TlsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    connector(alpn)
+    tls_connector(alpn)
         .connect(ServerName::try_from("localhost").unwrap(), io)
         .await
         .expect("TLS handshake")

@@ -289,3 +289,43 @@ pub fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
         meta.modified().ok()
     }
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and a server config for it
+/// (made once per test binary).
+pub struct Pki {
+    pub server: Arc<httpdown::tls::rustls::ServerConfig>,
+    pub cert: httpdown::tls::rustls::pki_types::CertificateDer<'static>,
+}
+
+pub fn pki() -> &'static Pki {
+    use httpdown::tls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .unwrap();
+        let cert = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let server = httpdown::tls::config(vec![cert.clone()], key).unwrap();
+        Pki { server, cert }
+    })
+}
+
+/// A TLS client that trusts [`pki`]'s certificate and offers `alpn`.
+pub fn tls_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    use httpdown::tls::rustls::{self, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots.add(pki().cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
