@@ -756,3 +756,35 @@ async fn an_idle_h2_connection_gets_goaway_at_its_idle_timeout() {
     shutdown.trigger();
     served(server).await;
 }
+
+/// B66: an HTTP/2 connection that never opens a stream gets GOAWAY at its idle timeout
+/// from its accept; a client that does not answer the GOAWAY's PING (gone, or deaf) is
+/// dropped a second later rather than held until TCP gives up or the stop deadline.
+#[tokio::test(start_paused = true)]
+async fn an_idle_h2_connection_whose_client_never_answers_is_dropped_after_its_goaway() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
+        serve.idle_timeout(Duration::from_secs(5))
+    });
+    let opened = Instant::now();
+    let mut h2 = H2::handshake(connector.connect(), false).await;
+    h2.until(|h2| !h2.goaways().is_empty()).await;
+    let goaway_at = opened.elapsed();
+    assert_eq!(h2.read_to_eof().await, End::Eof, "{h2:#?}");
+    let closed_at = opened.elapsed();
+    assert!(
+        goaway_at >= Duration::from_secs(5) && goaway_at < Duration::from_millis(5_010),
+        "GOAWAY {goaway_at:?} after the connection opened"
+    );
+    assert!(
+        closed_at >= Duration::from_secs(6) && closed_at < Duration::from_millis(6_010),
+        "dropped {closed_at:?} after the connection opened"
+    );
+    shutdown.trigger();
+    let report = served(server).await;
+    assert!(
+        matches!(report.outcome(), Outcome::Drained),
+        "nothing left for the shutdown: {report}"
+    );
+    assert_eq!(report.connections_at_drain(), 0, "{report}");
+}

@@ -35,13 +35,18 @@ pub(crate) const GRPC_FLUSH: Duration = Duration::from_millis(3);
 /// How long a request whose first bytes had arrived at drain start has to be read.
 const PENDING_INPUT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long an HTTP/2 connection closed by its idle timeout has, after its GOAWAY, to
+/// answer the GOAWAY's PING (and be closed by hyper) before it is dropped.
+const H2_IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// How a connection of `serve` closes: the options of [`Serve`](super::Serve) it reads.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Closing {
     /// `None`: the default for the kind of shutdown (see [`IdleClose`]).
     pub(crate) idle_close: Option<IdleClose>,
     pub(crate) header_read_timeout: Option<Duration>,
-    /// How long an HTTP/1 keep-alive connection may stay idle between requests.
+    /// How long a keep-alive connection may stay idle between requests (HTTP/2: with no
+    /// stream open).
     pub(crate) idle_timeout: Option<Duration>,
     /// How long a connection is used before it is retired (HTTP/2: GOAWAY; HTTP/1: the
     /// next response closes it), less up to a tenth for spread.
@@ -468,7 +473,7 @@ pub(crate) async fn run<I, S, B>(
     tokio::pin!(conn);
     match watch(conn, &connection, closing).await {
         End::Finished(result) => log_end(result),
-        End::TimedOut => tracing::debug!("connection closed: no request head in time"),
+        End::TimedOut => tracing::debug!("connection closed: idle, or no request head, in time"),
         End::ForceClosed => {}
     }
 }
@@ -559,10 +564,23 @@ where
     let mut event = watch.until(conn.as_mut(), until_drain).await;
     if matches!(event, Event::TimedOut) && connection.is_http2() {
         // Idle for its idle timeout: GOAWAY, which also tells a client that opened a
-        // stream meanwhile whether it was taken (hyper then serves it to its end).
+        // stream meanwhile whether it was taken (hyper then serves it to its end). hyper
+        // closes once the client has answered the GOAWAY's PING; a client that does not
+        // (gone, or deaf) is dropped after a grace unless a stream has started since.
         watch.step = None;
+        let seen = connection.requests_started();
         conn.as_mut().graceful_shutdown();
-        let event = watch.until(conn.as_mut(), Until::default()).await;
+        let grace = Until {
+            deadline: Instant::now().checked_add(H2_IDLE_CLOSE_GRACE),
+            ..Until::default()
+        };
+        let mut event = watch.until(conn.as_mut(), grace).await;
+        if let Event::Deadline = event {
+            if connection.requests_started() == seen && !connection.is_busy() {
+                return End::TimedOut;
+            }
+            event = watch.until(conn.as_mut(), Until::default()).await;
+        }
         return End::of(event).unwrap_or(End::ForceClosed);
     }
     if let Event::Deadline = event {
@@ -668,9 +686,17 @@ impl Watch<'_> {
         if connection.is_handed_over() {
             return false;
         }
-        // While a request runs there is nothing to time out; its end wakes this task.
+        // While a request runs there is nothing to time out. Look again one step from
+        // now: an HTTP/2 stream ends on a task of its own, which does not wake this one,
+        // and until then the timer, registered, keeps later polls on the path above.
         let Some(deadline) = connection.idle_deadline(self.header_read_timeout, self.idle_timeout)
         else {
+            if let Some(next) = Instant::now().checked_add(step) {
+                self.header_timer.as_mut().reset(next);
+            }
+            if self.header_timer.as_mut().poll(cx).is_pending() {
+                self.header_waker = Some(cx.waker().clone());
+            }
             return false;
         };
         loop {

@@ -291,7 +291,9 @@ impl<L, M> Serve<L, M> {
     /// connection with no stream open for as long (since its accept or its last stream's
     /// end; PINGs and other frames do not count) gets GOAWAY and closes: a stream its
     /// client opened meanwhile is either served to its end or, by the GOAWAY's last
-    /// stream id, known to the client as not processed.
+    /// stream id, known to the client as not processed; a client that does not answer
+    /// the GOAWAY's PING within a second is dropped. (A connection that carried an
+    /// extended CONNECT, a WebSocket over HTTP/2, is left to its client.)
     ///
     /// Behind a proxy or load balancer that keeps connections to this server alive, make
     /// it longer than the proxy's own idle timeout for them (nginx's upstream
