@@ -28,12 +28,15 @@
 //!
 //! # The header is required by default
 //!
-//! A server behind a proxy must not believe a header a client sends itself, nor serve
-//! a client that connects around the proxy: by default a connection without a header is
-//! closed. Let only the proxy reach the port. [`ProxyProtocolListener::optional`] also
-//! serves connections without one (their address is the socket's peer), for a
-//! migration, or for health checks sent straight to the server; with it, any client
-//! that can reach the port can choose the address it is seen from.
+//! The header is believed as it comes: any client that can reach the port can send a
+//! header of its own and choose the address it is seen from, with or without this
+//! default. So let only the proxy reach the port (a firewall, a private network, a
+//! listener on an address only the proxy routes to). What the default adds: a client
+//! that reaches the port anyway without speaking the protocol, or a proxy configured
+//! without `send-proxy`, is refused rather than served with the wrong address.
+//! [`ProxyProtocolListener::optional`] also serves connections without a header (their
+//! address is the socket's peer), for a migration, or for health checks sent straight
+//! to the server.
 //!
 //! # What each header gives
 //!
@@ -67,7 +70,11 @@
 //! all; where handshakes cannot be stopped, only what is ready at once), then drops the
 //! listener: connections whose header is still unread then are closed unserved. A proxy
 //! that sends the header with its connect, as HAProxy does, gets it read within a round
-//! trip.
+//! trip. In a handover that passes the listening socket to the next generation of the
+//! process (`restart::Upgrader`, feature `restart`), the listener is dropped at
+//! once: the few connections accepted whose header was not read yet are closed (the
+//! proxy sees a connection closed before any response, and may send the request again
+//! as for any failed connect only if nothing was sent).
 //!
 //! Bytes that came in the same read as the header (the request that followed it) are
 //! kept by [`ProxiedIo`] and read first, so nothing is lost.
@@ -187,9 +194,9 @@ impl<L: Listener> ProxyProtocolListener<L> {
     /// closed), with the socket's peer address. A connection whose first bytes begin a
     /// header is still closed if the header turns out malformed.
     ///
-    /// Only for a port that clients cannot reach except through the proxy, or whose
-    /// peer addresses do not matter: with it, a client that connects directly can send a
-    /// header of its own and choose the address it is seen from.
+    /// As with the default, only the proxy should be able to reach the port (see the
+    /// [module docs](self)); with this, a proxy that stopped sending headers would go
+    /// unnoticed, every client then seen from the proxy's address.
     pub fn optional(mut self, optional: bool) -> Self {
         self.optional = optional;
         self
@@ -487,7 +494,10 @@ async fn read_header<I: AsyncRead + Unpin>(
             Parsed::Incomplete(_) if buf.len() >= MAX_HEADER_LEN => {
                 return Err(HeaderError::Malformed("too long"));
             }
-            Parsed::Incomplete(needed) => buf.reserve(needed.saturating_sub(buf.len())),
+            // In steps: a v2 prefix may announce 64 KiB that never come.
+            Parsed::Incomplete(needed) => {
+                buf.reserve(needed.saturating_sub(buf.len()).min(FIRST_READ));
+            }
         }
     };
     let (buffered, returned) = if len < buf.len() {
