@@ -150,6 +150,9 @@ async fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A closed stderr (a log collector gone) must not turn every log line into a
+        // panic: the lines are dropped, and the shutdown goes on.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -248,7 +251,7 @@ async fn main() -> ExitCode {
     let served = serving.await;
     match served {
         Ok(report) => {
-            eprintln!("{report}");
+            let _ = writeln!(std::io::stderr(), "{report}");
             if report.is_complete() {
                 ExitCode::SUCCESS
             } else {

@@ -13,7 +13,7 @@ use crate::driver::Driver;
 use crate::lifecycle::{Lifecycle, Mode, Step};
 use crate::report::{Limit, Report};
 use crate::stats::Counters;
-use crate::task::{catch_panics, Task};
+use crate::task::{catch_panics, log_quietly, Task};
 use crate::{GracefulLayer, Stats};
 
 /// Where a [`Shutdown`] is in its lifecycle.
@@ -337,7 +337,7 @@ impl Shutdown {
                 Limit(config.kill_timeout),
                 config.drain_delay,
             );
-            match cause {
+            log_quietly(|| match cause {
                 Some(cause) => tracing::info!(
                     stop_timeout = %stop,
                     kill_timeout = %kill,
@@ -350,7 +350,7 @@ impl Shutdown {
                     drain_delay = ?delay,
                     "shutdown triggered"
                 ),
-            }
+            });
         }
         self.start_driver();
     }
@@ -502,13 +502,17 @@ impl Shutdown {
 
     /// Runs the lifecycle from the trigger to the report. Should the driver panic, the
     /// panic is counted and the shutdown still ends at once, with what is left given up
-    /// on, so that waiters never hang.
+    /// on, so that waiters never hang: with no log lines, since the panic may have come
+    /// from one (a subscriber that panics when its writer fails).
     async fn drive(self) {
         let shared = &self.shared;
         let mut driver = Driver::new(&shared.config, &shared.lifecycle, &shared.counters);
         let report = match catch_panics(Task::Driver, &shared.counters, driver.run()).await {
             Some(report) => report,
-            None => driver.abandon(),
+            None => tracing::subscriber::with_default(
+                tracing::subscriber::NoSubscriber::default(),
+                || driver.abandon(),
+            ),
         };
         // The report is set before `Done` is reached: `wait` relies on it.
         let _ = shared.report.set(report);

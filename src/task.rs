@@ -113,16 +113,30 @@ where
             Err(payload) => {
                 let task = *this.task;
                 this.counters.counters().panicked();
-                tracing::error!(
-                    task = task.name(),
-                    panic = message(&*payload),
-                    "a {} task panicked",
-                    task.name()
-                );
+                // The panic may have come from a log line: this one must not take the task
+                // down a second time.
+                log_quietly(|| {
+                    tracing::error!(
+                        task = task.name(),
+                        panic = message(&*payload),
+                        "a {} task panicked",
+                        task.name()
+                    );
+                });
                 Poll::Ready(None)
             }
         }
     }
+}
+
+/// Emits a log line, catching a panic in it: a subscriber whose writer fails may panic
+/// (tracing-subscriber's `fmt` reports the failure with `eprintln!`, which panics when
+/// stderr is a closed pipe), and a log line must not stop a shutdown. For the lines on
+/// the way to a shutdown's end that run in the caller's code or outside
+/// [`catch_panics`].
+pub(crate) fn log_quietly(line: impl FnOnce()) {
+    // Nothing is left half-changed by a log line that panics.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(line));
 }
 
 /// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`).

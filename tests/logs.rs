@@ -181,3 +181,58 @@ fn watched_connections_are_told_to_finish_and_no_listener_is_claimed() {
     );
     assert_eq!(count(&text, "listeners closed"), 0, "{text}");
 }
+
+/// A `tracing` subscriber at `INFO` whose every event panics, as tracing-subscriber's
+/// `fmt` does when its writer fails (stderr a closed pipe: it reports the failure with
+/// `eprintln!`, which panics).
+struct PanickingLogs;
+
+impl tracing::Subscriber for PanickingLogs {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        panic!("failed printing to stderr: Broken pipe (os error 32)");
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A log line that panics (a subscriber whose writer failed) never leaves a shutdown
+/// hanging: the driver's panic is caught, the shutdown ends, every waiter is released,
+/// `serve` returns its report, and the panics are counted.
+#[test]
+fn a_panicking_log_line_never_leaves_the_shutdown_hanging() {
+    let _guard = tracing::subscriber::set_default(PanickingLogs);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(async {
+            let shutdown = shutdown(Duration::from_secs(5));
+            let (listener, connector) = channel_listener();
+            let server = tokio::spawn(
+                httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
+            );
+            let mut conn = connector.connect();
+            send_get(&mut conn, "/stream").await;
+            read_until(&mut conn, "tick").await;
+            shutdown.trigger();
+            let report = tokio::time::timeout(Duration::from_secs(60), server)
+                .await
+                .expect("serve returned")
+                .unwrap()
+                .unwrap();
+            assert!(report.panics() > 0, "{report}");
+            assert!(
+                shutdown.wait().await.total() <= Duration::from_secs(6),
+                "{report}"
+            );
+        });
+}
