@@ -15,10 +15,11 @@ pair), a rate limit with `tbf` (both ways), delay, jitter and stalls with the pr
 own source address (10.213.0.3 to .5) dropped.
 
 Scenarios, each asserting its figures (one line per check, "FAIL" for a failed one):
-  1. slow clients: 2% loss and 32 Mbit/s each way, stop timeout 6 s. Downloads, uploads
-     and slow responses that can finish before the stop deadline finish whole; two
-     downloads too large for it are cut, not before the stop deadline; the report says
-     forced, 2 connections and 2 requests, in 6 s and a little.
+  1. slow clients: 2% loss and 32 Mbit/s each way, stop timeout 6 s. The slow responses
+     finish whole, and the downloads and uploads too but for two at most (loss can slow
+     one past the deadline), which are then cut at the stop deadline, not before; two
+     downloads too large for the deadline are cut, not before it; the report says
+     forced, with as many connections as were cut, in 6 s and a little.
   2. vanished clients, stop timeout 3 s: one vanishes mid-download (the server's writes
      block on a full socket buffer), one mid-response (the handler sleeps), one while its
      keep-alive connection is idle; a well-behaved request finishes; the report says
