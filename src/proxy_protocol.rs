@@ -63,18 +63,15 @@
 //! at once; beyond that the listener stops accepting until one completes, so
 //! connections that never send a header cannot pile up.
 //!
-//! # At drain start
+//! # At drain start, and in a handover
 //!
-//! `serve` stops new handshakes on the inner listener ([`Listener::stop_handshakes`]),
-//! goes on accepting while connections keep coming about 10 ms apart (at most 250 ms in
-//! all; where handshakes cannot be stopped, only what is ready at once), then drops the
-//! listener: connections whose header is still unread then are closed unserved. A proxy
-//! that sends the header with its connect, as HAProxy does, gets it read within a round
-//! trip. In a handover that passes the listening socket to the next generation of the
-//! process (`restart::Upgrader`, feature `restart`), the listener is dropped at
-//! once: the few connections accepted whose header was not read yet are closed (the
-//! proxy sees a connection closed before any response, and may send the request again
-//! as for any failed connect only if nothing was sent).
+//! Once `serve` stops accepting (at drain start, after taking what the kernel had
+//! queued; in a handover, at once, the socket going on to the next generation), it asks
+//! for the connections whose header was still being read
+//! ([`Listener::next_pending`]) and serves those whose header completes within its
+//! [`new_connection_grace`](crate::Serve::new_connection_grace) (250 ms by default);
+//! the others are closed unserved. A proxy that sends the header with its connect, as
+//! HAProxy does, gets it read within a round trip.
 //!
 //! Bytes that came in the same read as the header (the request that followed it) are
 //! kept by [`ProxiedIo`] and read first, so nothing is lost.
@@ -293,6 +290,17 @@ impl<L: Listener<Addr = SocketAddr>> Listener for ProxyProtocolListener<L> {
 
     fn stop_handshakes(&mut self) -> io::Result<bool> {
         self.inner.stop_handshakes()
+    }
+
+    /// The connections whose header is still being read, as their headers complete.
+    async fn next_pending(&mut self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
+        while let Some(read) = self.pending.next().await {
+            if let Some(io) = read {
+                let addr = io.remote_addr();
+                return Some(Ok((io, addr)));
+            }
+        }
+        None
     }
 }
 

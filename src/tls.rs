@@ -74,6 +74,21 @@ impl<L> TlsListener<L> {
         self
     }
 
+    /// A connection whose handshake runs on its first use.
+    fn handshaking(&self, io: L::Io) -> TlsIo<L::Io>
+    where
+        L: Listener,
+    {
+        TlsIo {
+            state: State::Handshaking {
+                accept: Box::new(self.acceptor.accept(io)),
+                timeout: self
+                    .handshake_timeout
+                    .map(|d| Box::pin(tokio::time::sleep(d))),
+            },
+        }
+    }
+
     /// The wrapped listener.
     pub fn get_ref(&self) -> &L {
         &self.inner
@@ -95,15 +110,7 @@ impl<L: Listener> Listener for TlsListener<L> {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, Self::Addr)> {
         let (io, addr) = self.inner.accept().await?;
-        let io = TlsIo {
-            state: State::Handshaking {
-                accept: Box::new(self.acceptor.accept(io)),
-                timeout: self
-                    .handshake_timeout
-                    .map(|d| Box::pin(tokio::time::sleep(d))),
-            },
-        };
-        Ok((io, addr))
+        Ok((self.handshaking(io), addr))
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -116,6 +123,11 @@ impl<L: Listener> Listener for TlsListener<L> {
 
     fn stop_handshakes(&mut self) -> io::Result<bool> {
         self.inner.stop_handshakes()
+    }
+
+    async fn next_pending(&mut self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
+        let next = self.inner.next_pending().await?;
+        Some(next.map(|(io, addr)| (self.handshaking(io), addr)))
     }
 }
 

@@ -558,3 +558,41 @@ async fn connect_when_up(addr: SocketAddr) -> TcpStream {
         }
     }
 }
+
+/// A connection taken off the socket whose header was still coming when the accept loop
+/// stopped is served once its header completes within the new-connection grace: at
+/// drain start, and in a handover, which takes nothing more from a socket passed on to
+/// the next generation (B53); one whose header does not come within it is closed.
+#[tokio::test]
+async fn a_header_completed_just_after_the_accept_loop_stops_is_served() {
+    for handover in [false, true] {
+        let shutdown = shutdown(Duration::from_secs(10));
+        let (server_addr, server) = start(&shutdown).await;
+        let mut late = TcpStream::connect(server_addr).await.unwrap();
+        late.write_all(b"PROXY TCP4 192.0.2.7 ").await.unwrap();
+        let mut silent = TcpStream::connect(server_addr).await.unwrap();
+        silent.write_all(b"PROXY TCP4 192.0.2.8 ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let t0 = Instant::now();
+        if handover {
+            assert!(shutdown.trigger_handover());
+        } else {
+            shutdown.trigger();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        late.write_all(&[&b"192.0.2.2 7 2\r\n"[..], GET_PEER].concat())
+            .await
+            .unwrap();
+        let (response, _) = read_to_end(&mut late).await;
+        assert!(
+            response.starts_with("HTTP/1.1 200") && response.ends_with("192.0.2.7:7"),
+            "handover {handover}: {response:?}"
+        );
+        let (response, _) = read_to_end(&mut silent).await;
+        assert_eq!(response, "", "handover {handover}");
+        let report = served_in_time(server).await;
+        assert_eq!(report.outcome(), Outcome::Drained, "{report}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{report}");
+    }
+}

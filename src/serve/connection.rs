@@ -547,7 +547,7 @@ fn retire_at(connection: &Connection, max_age: Duration) -> Option<Instant> {
 }
 
 /// An instant no timer reaches (tokio's own far future is not public).
-fn far_future() -> Instant {
+pub(crate) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 

@@ -59,6 +59,22 @@ pub trait Listener: Send + 'static {
     fn stop_handshakes(&mut self) -> io::Result<bool> {
         Ok(false)
     }
+
+    /// The next connection this listener has already taken from its socket but not yet
+    /// returned from [`accept`](Listener::accept) (one whose PROXY protocol header is
+    /// still being read, say), once it is ready; `None` when there are no more.
+    ///
+    /// [`serve`](crate::serve()) asks this once it has stopped accepting, at drain start
+    /// and in a handover (which takes nothing more from a socket passed on to the next
+    /// generation), for up to its
+    /// [`new_connection_grace`](crate::Serve::new_connection_grace), and serves what it
+    /// gets: a client whose connect succeeded is not dropped for having been taken off the
+    /// socket a moment too early. The default answers `None` at once.
+    fn next_pending(
+        &mut self,
+    ) -> impl Future<Output = Option<io::Result<(Self::Io, Self::Addr)>>> + Send {
+        std::future::ready(None)
+    }
 }
 
 impl Listener for TcpListener {

@@ -40,7 +40,7 @@ pub use make::{IncomingConnection, MakeService};
 pub use settings::{Http1Settings, Http2Settings};
 pub use watch::ConnectionWatcher;
 
-use self::connection::{Closing, Connection};
+use self::connection::{far_future, Closing, Connection};
 use self::executor::TrackedExecutor;
 use self::listener::AcceptError;
 use self::service::ConnService;
@@ -549,6 +549,7 @@ impl<L: Listener, M: MakeService<L>> Serve<L, M> {
         };
         if failure.is_none() {
             acceptor.accept_the_last(&mut listener).await;
+            acceptor.accept_pending(&mut listener).await;
         }
         // Closing the listener: new connects are refused from here on.
         drop(listener);
@@ -612,6 +613,35 @@ impl<M> Acceptor<M> {
         let served = Scoped::new(served, shutdown.drain());
         // No `async` block around it: that would hold `served` twice.
         tokio::spawn(catch_panics(Task::Connection, shutdown.clone(), served));
+    }
+
+    /// Once the accept loop has stopped (drain start, or a handover): serves the
+    /// connections the listener had already taken from its socket but not yet returned
+    /// ([`Listener::next_pending`]), those ready within the new-connection grace.
+    async fn accept_pending<L>(&mut self, listener: &mut L)
+    where
+        L: Listener,
+        M: MakeService<L>,
+    {
+        let shutdown = self.shutdown.clone();
+        let force_closing = shutdown.lifecycle().reaching(Step::ForceClosing);
+        tokio::pin!(force_closing);
+        let until = Instant::now().checked_add(self.closing.new_connection_grace);
+        let grace = tokio::time::sleep_until(until.unwrap_or_else(far_future));
+        tokio::pin!(grace);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut force_closing => break,
+                () = &mut grace => break,
+                next = listener.next_pending() => next,
+            };
+            match next {
+                Some(Ok((io, peer))) => self.connection::<L>(io, peer, None).await,
+                Some(Err(error)) => tracing::debug!(%error, "pending connection failed"),
+                None => break,
+            }
+        }
     }
 
     /// At drain start, before the listener closes: stops new handshakes, then accepts
