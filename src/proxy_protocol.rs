@@ -31,7 +31,9 @@
 //! The header is believed as it comes: any client that can reach the port can send a
 //! header of its own and choose the address it is seen from, with or without this
 //! default. So let only the proxy reach the port (a firewall, a private network, a
-//! listener on an address only the proxy routes to). What the default adds: a client
+//! listener on an address only the proxy routes to), or name the proxies with
+//! [`trusted_proxies`](ProxyProtocolListener::trusted_proxies), which reads a header
+//! from them alone. What the default adds: a client
 //! that reaches the port anyway without speaking the protocol, or a proxy configured
 //! without `send-proxy`, is refused rather than served with the wrong address.
 //! [`ProxyProtocolListener::optional`] also serves connections without a header (their
@@ -81,6 +83,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -110,6 +113,9 @@ const V1_SIGNATURE: &[u8] = b"PROXY ";
 
 /// The longest v1 line, its CRLF included.
 const V1_MAX_LEN: usize = 107;
+
+/// Which peers may send a header: see [`ProxyProtocolListener::trusted_proxies`].
+type TrustedProxies = dyn Fn(SocketAddr) -> bool + Send + Sync;
 
 /// A header being read: the connection once it has been, `None` if it was closed.
 type PendingHeader<I> = Pin<Box<dyn Future<Output = Option<ProxiedIo<I>>> + Send>>;
@@ -153,6 +159,8 @@ pub struct ProxyProtocolListener<L: Listener> {
     header_timeout: Option<Duration>,
     optional: bool,
     max_pending: usize,
+    /// Which peers may send a header (`None`: any).
+    trusted: Option<Arc<TrustedProxies>>,
     /// Connections accepted from `inner` whose header is being read. Kept here, not in
     /// the `accept` future, so that dropping that future (as `serve` does at drain start)
     /// loses none of them.
@@ -168,6 +176,7 @@ impl<L: Listener> ProxyProtocolListener<L> {
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             optional: false,
             max_pending: DEFAULT_MAX_PENDING_HEADERS,
+            trusted: None,
             pending: FuturesUnordered::new(),
         }
     }
@@ -196,6 +205,31 @@ impl<L: Listener> ProxyProtocolListener<L> {
     /// unnoticed, every client then seen from the proxy's address.
     pub fn optional(mut self, optional: bool) -> Self {
         self.optional = optional;
+        self
+    }
+
+    /// Takes a header only from the peers `trusted` accepts (the proxies' addresses):
+    /// a connection from any other peer is not read for a header. Without
+    /// [`optional`](Self::optional) it is closed at once; with it, it is served as it
+    /// comes, with the socket's peer address (a header it sends is then not a header but
+    /// its request's first bytes, answered 400). Default: every peer may send one, so
+    /// only the proxy should be able to reach the port.
+    ///
+    /// ```
+    /// # fn f(tcp: tokio::net::TcpListener) {
+    /// use httpdown::proxy_protocol::ProxyProtocolListener;
+    ///
+    /// // HAProxy on 10.0.0.5 and 10.0.0.6.
+    /// let proxies = ["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()];
+    /// let listener = ProxyProtocolListener::new(tcp)
+    ///     .trusted_proxies(move |peer| proxies.contains(&peer.ip()));
+    /// # }
+    /// ```
+    pub fn trusted_proxies(
+        mut self,
+        trusted: impl Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.trusted = Some(Arc::new(trusted));
         self
     }
 
@@ -247,6 +281,7 @@ impl<L: Listener + fmt::Debug> fmt::Debug for ProxyProtocolListener<L> {
             .field("header_timeout", &self.header_timeout)
             .field("optional", &self.optional)
             .field("max_pending_headers", &self.max_pending)
+            .field("trusted_proxies", &self.trusted.is_some())
             .field("pending_headers", &self.pending.len())
             .finish()
     }
@@ -273,6 +308,13 @@ impl<L: Listener<Addr = SocketAddr>> Listener for ProxyProtocolListener<L> {
                 }
                 accepted = self.inner.accept(), if room => {
                     let (io, peer) = accepted?;
+                    if self.trusted.as_ref().is_some_and(|trusted| !trusted(peer)) {
+                        if self.optional {
+                            return Ok((ProxiedIo::without_header(io, peer), peer));
+                        }
+                        tracing::debug!(%peer, "PROXY protocol: connection closed: not from a trusted proxy");
+                        continue;
+                    }
                     let read = self.read_header(io, peer);
                     self.pending.push(read);
                 }
@@ -327,6 +369,17 @@ struct Header {
 }
 
 impl<I> ProxiedIo<I> {
+    /// A connection served as it comes, with no header.
+    fn without_header(io: I, peer_addr: SocketAddr) -> Self {
+        ProxiedIo {
+            io,
+            buffered: Vec::new(),
+            returned: 0,
+            peer_addr,
+            header: Header::default(),
+        }
+    }
+
     /// The underlying connection.
     pub fn get_ref(&self) -> &I {
         &self.io

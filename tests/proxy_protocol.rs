@@ -596,3 +596,48 @@ async fn a_header_completed_just_after_the_accept_loop_stops_is_served() {
         assert!(t0.elapsed() < Duration::from_secs(2), "{report}");
     }
 }
+
+/// `trusted_proxies`: a header is read only from a trusted peer. An untrusted one is
+/// closed unanswered (header required), or served as it comes with the socket's address
+/// (`optional`), its header then being the start of a bad request (400).
+#[tokio::test]
+async fn only_trusted_proxies_may_send_a_header() {
+    let header = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 80\r\n";
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (server_addr, server) = start_with(&shutdown, |tcp| {
+        ProxyProtocolListener::new(tcp).trusted_proxies(|peer| peer.ip().is_loopback())
+    })
+    .await;
+    let (peer, _) = ask_peer(server_addr, header).await;
+    assert_eq!(peer, "192.0.2.1:56324", "a trusted proxy's header is read");
+    finish(&shutdown, server).await;
+
+    let shutdown = self::shutdown(Duration::from_secs(5));
+    let (server_addr, server) = start_with(&shutdown, |tcp| {
+        ProxyProtocolListener::new(tcp).trusted_proxies(|_| false)
+    })
+    .await;
+    closed_unanswered(server_addr, &[&header[..], GET_PEER].concat()).await;
+    finish(&shutdown, server).await;
+
+    let shutdown = self::shutdown(Duration::from_secs(5));
+    let (server_addr, server) = start_with(&shutdown, |tcp| {
+        ProxyProtocolListener::new(tcp)
+            .optional(true)
+            .trusted_proxies(|_| false)
+    })
+    .await;
+    let (body, local) = ask_peer(server_addr, b"").await;
+    assert_eq!(body, local.to_string(), "served with the socket's address");
+    let mut spoofing = TcpStream::connect(server_addr).await.unwrap();
+    spoofing
+        .write_all(&[&header[..], GET_PEER].concat())
+        .await
+        .unwrap();
+    let (response, _) = read_to_end(&mut spoofing).await;
+    assert!(
+        response.starts_with("HTTP/1.1 400"),
+        "an untrusted header is not believed: {response:?}"
+    );
+    finish(&shutdown, server).await;
+}
