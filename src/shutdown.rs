@@ -8,12 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tracing::instrument::WithSubscriber;
 
 use crate::driver::Driver;
 use crate::lifecycle::{Lifecycle, Mode, Step};
 use crate::report::{Limit, Report};
 use crate::stats::Counters;
-use crate::task::{catch_panics, log_quietly, Task};
+use crate::task::{catch_panics, log_quietly, quiet_logs, Task};
 use crate::{GracefulLayer, Stats};
 
 /// Where a [`Shutdown`] is in its lifecycle.
@@ -500,14 +501,15 @@ impl Shutdown {
         }
     }
 
-    /// Runs the lifecycle from the trigger to the report. Should the driver panic, the
-    /// panic is counted and the shutdown still ends at once, with what is left given up
-    /// on, so that waiters never hang: with no log lines, since the panic may have come
-    /// from one (a subscriber that panics when its writer fails).
+    /// Runs the lifecycle from the trigger to the report, its log lines unable to stop it
+    /// (a subscriber may panic when its writer fails). Should the driver panic all the
+    /// same, the panic is counted and the shutdown still ends at once, with what is left
+    /// given up on (and no more log lines), so that waiters never hang.
     async fn drive(self) {
         let shared = &self.shared;
         let mut driver = Driver::new(&shared.config, &shared.lifecycle, &shared.counters);
-        let report = match catch_panics(Task::Driver, &shared.counters, driver.run()).await {
+        let run = driver.run().with_subscriber(quiet_logs());
+        let report = match catch_panics(Task::Driver, &shared.counters, run).await {
             Some(report) => report,
             None => tracing::subscriber::with_default(
                 tracing::subscriber::NoSubscriber::default(),

@@ -139,6 +139,61 @@ pub(crate) fn log_quietly(line: impl FnOnce()) {
     let _ = std::panic::catch_unwind(AssertUnwindSafe(line));
 }
 
+/// The current `tracing` dispatcher, with a panic in any of its events caught (see
+/// [`log_quietly`]): for a future on the way to a shutdown's end, through
+/// `tracing::instrument::WithSubscriber`, so that none of its log lines can stop it.
+pub(crate) fn quiet_logs() -> tracing::Dispatch {
+    tracing::Dispatch::new(QuietLogs(tracing::dispatcher::get_default(Clone::clone)))
+}
+
+/// A dispatcher whose events are emitted under [`log_quietly`].
+struct QuietLogs(tracing::Dispatch);
+
+impl tracing::Subscriber for QuietLogs {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.0.new_span(span)
+    }
+
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        self.0.record(span, values);
+    }
+
+    fn record_follows_from(&self, span: &tracing::span::Id, follows: &tracing::span::Id) {
+        self.0.record_follows_from(span, follows);
+    }
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        log_quietly(|| self.0.event(event));
+    }
+
+    fn enter(&self, span: &tracing::span::Id) {
+        self.0.enter(span);
+    }
+
+    fn exit(&self, span: &tracing::span::Id) {
+        self.0.exit(span);
+    }
+
+    fn clone_span(&self, id: &tracing::span::Id) -> tracing::span::Id {
+        self.0.clone_span(id)
+    }
+
+    fn try_close(&self, id: tracing::span::Id) -> bool {
+        self.0.try_close(id)
+    }
+}
+
 /// The text of a panic payload (`panic!` with a message gives a `&str` or a `String`).
 fn message(payload: &(dyn Any + Send)) -> &str {
     payload
