@@ -504,17 +504,14 @@ impl Shutdown {
     /// Runs the lifecycle from the trigger to the report, its log lines unable to stop it
     /// (a subscriber may panic when its writer fails). Should the driver panic all the
     /// same, the panic is counted and the shutdown still ends at once, with what is left
-    /// given up on (and no more log lines), so that waiters never hang.
+    /// given up on, so that waiters never hang.
     async fn drive(self) {
         let shared = &self.shared;
         let mut driver = Driver::new(&shared.config, &shared.lifecycle, &shared.counters);
         let run = driver.run().with_subscriber(quiet_logs());
         let report = match catch_panics(Task::Driver, &shared.counters, run).await {
             Some(report) => report,
-            None => tracing::subscriber::with_default(
-                tracing::subscriber::NoSubscriber::default(),
-                || driver.abandon(),
-            ),
+            None => tracing::dispatcher::with_default(&quiet_logs(), || driver.abandon()),
         };
         // The report is set before `Done` is reached: `wait` relies on it.
         let _ = shared.report.set(report);

@@ -757,6 +757,39 @@ async fn an_idle_h2_connection_gets_goaway_at_its_idle_timeout() {
     served(server).await;
 }
 
+/// B66: the idle timeout counts from a stream's end, a reset one's too: a stream running
+/// past the timeout and then reset by its client is followed by GOAWAY exactly the idle
+/// timeout after the reset.
+#[tokio::test(start_paused = true)]
+async fn an_h2_connection_idle_after_a_reset_stream_gets_goaway_at_its_idle_timeout() {
+    let shutdown = shutdown(Duration::from_secs(30));
+    let (connector, server) = serve_pipe_with(&shutdown, |serve| {
+        serve.idle_timeout(Duration::from_secs(5))
+    });
+    let mut h2 = H2::handshake(connector.connect(), true).await;
+    h2.get(1, "/stream").await;
+    h2.until(|h2| h2.body(1).contains("tick\n")).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h2.send(RST_STREAM, 0, 1, &8u32.to_be_bytes()).await;
+    let reset = Instant::now();
+    let goaway = tokio::time::timeout(
+        Duration::from_secs(60),
+        h2.until(|h2| !h2.goaways().is_empty()),
+    )
+    .await;
+    assert!(
+        goaway.is_ok(),
+        "no GOAWAY within 60 s of the reset: {h2:#?}"
+    );
+    let goaway_at = reset.elapsed();
+    assert!(
+        goaway_at >= Duration::from_secs(5) && goaway_at < Duration::from_millis(5_010),
+        "GOAWAY {goaway_at:?} after the reset"
+    );
+    shutdown.trigger();
+    served(server).await;
+}
+
 /// B66: an HTTP/2 connection that never opens a stream gets GOAWAY at its idle timeout
 /// from its accept; a client that does not answer the GOAWAY's PING (gone, or deaf) is
 /// dropped a second later rather than held until TCP gives up or the stop deadline.

@@ -41,15 +41,24 @@ impl Logs {
             .with_max_level(tracing::Level::INFO)
             .with_writer(move || writer.clone())
             .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-            .block_on(test);
+        on_this_thread(subscriber, test);
         logs.text()
     }
+}
+
+/// Runs `test` on a current-thread runtime with paused time (every task on this thread)
+/// under `subscriber`.
+fn on_this_thread<F: std::future::Future<Output = ()>>(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+    test: F,
+) {
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+        .block_on(test);
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -208,38 +217,31 @@ impl tracing::Subscriber for PanickingLogs {
 /// `serve` returns its report (it hung for ever when the trigger's line panicked).
 #[test]
 fn a_panicking_log_line_never_leaves_the_shutdown_hanging() {
-    let _guard = tracing::subscriber::set_default(PanickingLogs);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-        .block_on(async {
-            let shutdown = shutdown(Duration::from_secs(5));
-            let (listener, connector) = channel_listener();
-            let server = tokio::spawn(
-                httpdown::serve(listener, app(Arc::default()), &shutdown).into_future(),
-            );
-            let mut conn = connector.connect();
-            send_get(&mut conn, "/stream").await;
-            read_until(&mut conn, "tick").await;
-            shutdown.trigger();
-            let report = tokio::time::timeout(Duration::from_secs(60), server)
-                .await
-                .expect("serve returned")
-                .unwrap()
-                .unwrap();
-            assert!(
-                matches!(
-                    report.outcome(),
-                    Outcome::ForceClosed {
-                        connections: 1,
-                        requests: 1
-                    }
-                ),
-                "{report}"
-            );
-            assert_eq!(report.total(), Duration::from_secs(5), "{report}");
-            assert_eq!(report.panics(), 0, "{report}");
-        });
+    on_this_thread(PanickingLogs, async {
+        let shutdown = shutdown(Duration::from_secs(5));
+        let (listener, connector) = channel_listener();
+        let server =
+            tokio::spawn(httpdown::serve(listener, app(Arc::default()), &shutdown).into_future());
+        let mut conn = connector.connect();
+        send_get(&mut conn, "/stream").await;
+        read_until(&mut conn, "tick").await;
+        shutdown.trigger();
+        let report = tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("serve returned")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                report.outcome(),
+                Outcome::ForceClosed {
+                    connections: 1,
+                    requests: 1
+                }
+            ),
+            "{report}"
+        );
+        assert_eq!(report.total(), Duration::from_secs(5), "{report}");
+        assert_eq!(report.panics(), 0, "{report}");
+    });
 }

@@ -471,8 +471,8 @@ async fn haproxy_send_proxy_v1_and_v2() {
     let shutdown = shutdown(Duration::from_secs(5));
     let (server_addr, server) = start(&shutdown).await;
 
-    let v2_port = free_port().await;
-    let v1_port = free_port().await;
+    let v2_port = free_port();
+    let v1_port = free_port();
     let dir = std::env::temp_dir().join(format!("httpdown-proxy-protocol-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("haproxy.cfg");
@@ -527,21 +527,6 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `program` on `PATH`, or in the system directories a user's `PATH` may lack.
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A port free a moment ago on 127.0.0.1.
-async fn free_port() -> u16 {
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    probe.local_addr().unwrap().port()
 }
 
 /// Connects to `addr` once something listens there (within [`BOUND`]).

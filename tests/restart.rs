@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::demo_binary;
+use common::{demo_binary, free_port, which};
 use httpdown::restart::{UpgradeError, Upgrader};
 use httpdown::Shutdown;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -872,7 +872,7 @@ async fn listen_fds_without_listen_pid_is_a_clear_error() {
 /// error. Skipped, saying why, where the tool is missing.
 #[tokio::test]
 async fn socket_activation_serves_the_inherited_socket() {
-    let Ok(tool) = which("systemd-socket-activate") else {
+    let Some(tool) = which("systemd-socket-activate") else {
         eprintln!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
         return;
     };
@@ -950,17 +950,7 @@ async fn socket_activation_serves_the_inherited_socket() {
 /// A loopback address whose port was free a moment ago, for a process that binds it
 /// itself (port 0 would give each generation its own).
 fn free_address() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().to_string()
-}
-
-fn which(tool: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-        .ok_or(())
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// B54: what a `Type=notify-reload` unit hears, through a fake `NOTIFY_SOCKET`:
@@ -1163,7 +1153,7 @@ fn open_fds(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_activated_demo_upgrades_under_load() {
     const UPGRADES: usize = 5;
-    let Ok(tool) = which("systemd-socket-activate") else {
+    let Some(tool) = which("systemd-socket-activate") else {
         eprintln!("SKIPPED: systemd-socket-activate is not installed (Debian package systemd)");
         return;
     };
